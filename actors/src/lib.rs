@@ -1,1 +1,10 @@
+//! The powa-fleet engine: the actor system that collects a fleet of
+//! PostgreSQL servers into a PoWA repository, and the actix-free domain
+//! modules it is built on (NOTIFY protocol, repository SQL, COPY pipeline,
+//! connections, errors). See ARCHITECTURE.md at the top of the repository.
 
+pub mod connect;
+pub mod error;
+pub mod redact;
+pub mod server;
+pub mod settings;
