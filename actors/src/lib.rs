@@ -5,6 +5,8 @@
 
 pub mod connect;
 pub mod error;
+pub mod gate;
 pub mod redact;
 pub mod server;
 pub mod settings;
+pub mod status;

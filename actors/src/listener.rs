@@ -1,0 +1,359 @@
+//! The listener: holds the repository session that runs
+//! `LISTEN powa_collector`, turns each notification into a typed request
+//! (through [`protocol`], the only module that knows the text format),
+//! checks that the sender may ask, dispatches it and answers with
+//! `SELECT pg_notify($1, $2)` — bound parameters, never SQL built from the
+//! channel or the command.
+//!
+//! The session is a `StreamHandler` over the connection's messages: when
+//! the repository goes away the stream ends, the actor stops, and its actix
+//! `Supervisor` restarts it, which reconnects after a backoff and LISTENs
+//! again. Requests are handled concurrently (they are short); a bound on
+//! requests in flight keeps a flood of notifications from growing memory.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::stream::poll_fn;
+use slog::{debug, error, info, warn, Logger};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Notification};
+
+use crate::connect::{apply_common, repository_config};
+use crate::error::{backoff_delay, classify};
+use crate::protocol::{self, Answer, Command, ReplyTo, Request};
+use crate::settings::Settings;
+use crate::snapshot_actor::ForceAccepted;
+use crate::status::{StatusActor, WorkersStatus};
+use crate::supervisor::{Force, Reload, Supervisor};
+
+/// Requests handled at once; beyond this a request is answered with an
+/// error instead of queueing without bound.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// New settings after a reload (the DSN change takes effect at the next
+/// reconnection).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct NewSettings(pub Arc<Settings>);
+
+/// Internal: open the session and LISTEN.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Connect;
+
+/// Who may send commands, decided once per session from the server version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PermissionRule {
+    /// PostgreSQL 14+: member of `pg_signal_backend`.
+    SignalBackend,
+    /// Older PostgreSQL with PoWA 4: INSERT privilege on `powa_statements`.
+    InsertStatements,
+}
+
+impl PermissionRule {
+    fn sql(self) -> &'static str {
+        match self {
+            PermissionRule::SignalBackend => {
+                "SELECT pg_has_role(a.usesysid, 'pg_signal_backend', 'MEMBER') \
+                 FROM pg_catalog.pg_stat_activity a WHERE a.pid = $1"
+            }
+            PermissionRule::InsertStatements => {
+                "SELECT has_table_privilege(a.usesysid, 'public.powa_statements', 'INSERT') \
+                 FROM pg_catalog.pg_stat_activity a WHERE a.pid = $1"
+            }
+        }
+    }
+}
+
+pub struct Listener {
+    settings: Arc<Settings>,
+    supervisor: Addr<Supervisor>,
+    status: Addr<StatusActor>,
+    logger: Logger,
+    session: Option<Session>,
+    failures: u32,
+    in_flight: Rc<Cell<usize>>,
+}
+
+/// The live LISTEN session.
+#[derive(Clone)]
+struct Session {
+    client: Rc<Client>,
+    rule: PermissionRule,
+}
+
+impl Listener {
+    pub fn new(
+        settings: Arc<Settings>,
+        supervisor: Addr<Supervisor>,
+        status: Addr<StatusActor>,
+        logger: Logger,
+    ) -> Listener {
+        Listener {
+            settings,
+            supervisor,
+            status,
+            logger: logger.new(slog::o!("actor" => "listener")),
+            session: None,
+            failures: 0,
+            in_flight: Rc::new(Cell::new(0)),
+        }
+    }
+}
+
+impl Actor for Listener {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let delay = match self.failures {
+            0 => Duration::ZERO,
+            n => backoff_delay(
+                n - 1,
+                self.settings.backoff_min,
+                self.settings.backoff_max.min(Duration::from_secs(30)),
+            ),
+        };
+        if !delay.is_zero() {
+            info!(self.logger, "reconnecting to the repository"; "in_secs" => delay.as_secs_f64());
+        }
+        ctx.notify_later(Connect, delay);
+    }
+}
+
+impl Supervised for Listener {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.session = None;
+        self.failures = self.failures.saturating_add(1);
+    }
+}
+
+impl Handler<NewSettings> for Listener {
+    type Result = ();
+
+    fn handle(&mut self, NewSettings(settings): NewSettings, _: &mut Context<Self>) {
+        self.settings = settings;
+    }
+}
+
+impl Handler<Connect> for Listener {
+    type Result = ();
+
+    fn handle(&mut self, _: Connect, ctx: &mut Context<Self>) {
+        let mut config = match repository_config(self.settings.repository_dsn.expose()) {
+            Ok(config) => config,
+            Err(e) => {
+                error!(self.logger, "cannot listen"; "error" => %e);
+                ctx.stop();
+                return;
+            }
+        };
+        apply_common(&mut config, &self.settings, "listener");
+        let statement_timeout = self.settings.statement_timeout.as_millis();
+        let fut = async move { config.connect(NoTls).await };
+        ctx.wait(fut.into_actor(self).map(move |result, act, ctx| {
+            let (client, mut connection) = match result {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(act.logger, "cannot connect to the repository to listen";
+                        "error_type" => classify(&e).as_str(), "error" => %e);
+                    ctx.stop();
+                    return;
+                }
+            };
+            // The connection is driven by this stream: notifications arrive
+            // through it and the client's queries progress while it is polled.
+            ctx.add_stream(poll_fn(move |cx| connection.poll_message(cx)));
+            let client = Rc::new(client);
+            let setup = client.clone();
+            ctx.wait(
+                async move {
+                    setup
+                        .batch_execute(&format!(
+                            "SET statement_timeout = {statement_timeout}; LISTEN {}",
+                            protocol::LISTEN_CHANNEL
+                        ))
+                        .await?;
+                    let row = setup
+                        .query_one("SELECT current_setting('server_version_num')::int", &[])
+                        .await?;
+                    Ok::<i32, tokio_postgres::Error>(row.get(0))
+                }
+                .into_actor(act)
+                .map(move |result, act, ctx| match result {
+                    Ok(version) => {
+                        let rule = if version >= 140000 {
+                            PermissionRule::SignalBackend
+                        } else {
+                            PermissionRule::InsertStatements
+                        };
+                        info!(act.logger, "listening for commands"; "channel" => protocol::LISTEN_CHANNEL);
+                        act.session = Some(Session { client, rule });
+                        act.failures = 0;
+                    }
+                    Err(e) => {
+                        warn!(act.logger, "cannot LISTEN on the repository"; "error" => %e);
+                        ctx.stop();
+                    }
+                }),
+            );
+        }));
+    }
+}
+
+impl StreamHandler<Result<AsyncMessage, tokio_postgres::Error>> for Listener {
+    fn handle(
+        &mut self,
+        item: Result<AsyncMessage, tokio_postgres::Error>,
+        ctx: &mut Context<Self>,
+    ) {
+        match item {
+            Ok(AsyncMessage::Notification(n)) => self.on_notification(n, ctx),
+            Ok(AsyncMessage::Notice(notice)) => {
+                debug!(self.logger, "repository notice"; "notice" => notice.message())
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(self.logger, "repository session lost"; "error" => %e);
+                ctx.stop();
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        warn!(self.logger, "repository session closed, will reconnect and LISTEN again");
+        ctx.stop();
+    }
+}
+
+impl Listener {
+    fn on_notification(&mut self, n: Notification, ctx: &mut Context<Self>) {
+        if n.channel() != protocol::LISTEN_CHANNEL {
+            return;
+        }
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        let sender_pid = n.process_id();
+        let (request, answer_now) = match protocol::parse(n.payload()) {
+            Ok(request) => (Some(request), None),
+            Err(rejection) => {
+                warn!(self.logger, "invalid command ignored";
+                    "sender_pid" => sender_pid, "reason" => %rejection);
+                (None, rejection.reply())
+            }
+        };
+        if self.in_flight.get() >= MAX_IN_FLIGHT {
+            warn!(self.logger, "too many commands in flight, refusing one"; "sender_pid" => sender_pid);
+            if let Some(request) = &request {
+                if let ReplyTo::Channel(channel) = &request.reply_to {
+                    let answer = Answer::error(request.command.word(), "Too many requests, retry later");
+                    self.spawn_answer(session, channel.clone(), answer, ctx);
+                }
+            }
+            return;
+        }
+        if let Some((channel, answer)) = answer_now {
+            self.spawn_answer(session, channel, answer, ctx);
+            return;
+        }
+        let Some(request) = request else { return };
+        if matches!(request.command, Command::WorkersStatus { .. })
+            && request.reply_to == ReplyTo::Nobody
+        {
+            return;
+        }
+        let in_flight = self.in_flight.clone();
+        in_flight.set(in_flight.get() + 1);
+        let supervisor = self.supervisor.clone();
+        let status = self.status.clone();
+        let logger = self.logger.clone();
+        ctx.spawn(
+            async move {
+                let answer = execute(&session, sender_pid, &request, &supervisor, &status, &logger).await;
+                if let ReplyTo::Channel(channel) = &request.reply_to {
+                    send_answer(&session.client, channel, &answer, &logger).await;
+                }
+                in_flight.set(in_flight.get() - 1);
+            }
+            .into_actor(self),
+        );
+    }
+
+    fn spawn_answer(&self, session: Session, channel: String, answer: Answer, ctx: &mut Context<Self>) {
+        let logger = self.logger.clone();
+        ctx.spawn(
+            async move { send_answer(&session.client, &channel, &answer, &logger).await }
+                .into_actor(self),
+        );
+    }
+}
+
+/// Whether the backend that sent the notification may give commands. A
+/// sender whose session is already gone cannot be checked and is denied.
+async fn permitted(session: &Session, sender_pid: i32) -> Result<bool, tokio_postgres::Error> {
+    let rows = session
+        .client
+        .query(session.rule.sql(), &[&sender_pid])
+        .await?;
+    Ok(rows
+        .first()
+        .and_then(|row| row.get::<_, Option<bool>>(0))
+        .unwrap_or(false))
+}
+
+/// Run one request and produce its answer.
+async fn execute(
+    session: &Session,
+    sender_pid: i32,
+    request: &Request,
+    supervisor: &Addr<Supervisor>,
+    status: &Addr<StatusActor>,
+    logger: &Logger,
+) -> Answer {
+    let word = request.command.word();
+    match permitted(session, sender_pid).await {
+        Ok(true) => {}
+        Ok(false) => {
+            warn!(logger, "command refused: permission denied"; "command" => word, "sender_pid" => sender_pid);
+            return Answer::permission_denied(word);
+        }
+        Err(e) => {
+            warn!(logger, "permission check failed"; "error" => %e);
+            return Answer::error(word, "Could not check permissions");
+        }
+    }
+    info!(logger, "command received"; "command" => word, "sender_pid" => sender_pid);
+    match &request.command {
+        Command::Reload => match supervisor.send(Reload).await {
+            Ok(Ok(_)) => Answer::ok(word, "OK"),
+            Ok(Err(e)) => Answer::error(word, &e.to_string()),
+            Err(_) => Answer::error(word, "The collector is stopping"),
+        },
+        Command::WorkersStatus { srvid } => match status.send(WorkersStatus { wanted: *srvid }).await {
+            Ok(states) => protocol::workers_status(&states, *srvid),
+            Err(_) => Answer::error(word, "The collector is stopping"),
+        },
+        Command::ForceSnapshot { srvid } => match supervisor.send(Force(*srvid)).await {
+            Ok(Ok(ForceAccepted::Started)) => Answer::ok(word, "Snapshot in progress"),
+            Ok(Ok(ForceAccepted::Queued)) => Answer::ok(word, "Snapshot will begin shortly"),
+            Ok(Err(reason)) => Answer::error(word, &reason),
+            Err(_) => Answer::error(word, "The collector is stopping"),
+        },
+        Command::RefreshDbCat { .. } => {
+            Answer::ok(word, "Catalogs will be refreshed during the next snapshot")
+        }
+    }
+}
+
+async fn send_answer(client: &Client, channel: &str, answer: &Answer, logger: &Logger) {
+    let payload = answer.encode();
+    if let Err(e) = client
+        .execute("SELECT pg_catalog.pg_notify($1, $2)", &[&channel, &payload])
+        .await
+    {
+        warn!(logger, "could not send an answer"; "error" => %e);
+    }
+}

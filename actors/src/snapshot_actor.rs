@@ -1,0 +1,575 @@
+//! The snapshot actor: one per collected server, started and restarted by
+//! the supervisor.
+//!
+//! Connections: one session on the remote server, kept between snapshots
+//! and watched so that a lost server is noticed within seconds, not at the
+//! next snapshot; repository sessions are borrowed from the shared
+//! [`RepoPool`] for each piece of work and given back.
+//!
+//! Failures go through [`SnapshotActor::fail`]: the error is reported (status,
+//! log, `powa_snapshot_metas.errors`) and the actor stops itself, so that
+//! the actix `Supervisor` restarts it; `started()` then waits a backoff delay
+//! that grows with consecutive failures. A panic inside the snapshot work is
+//! caught and takes the same path. Errors that waiting cannot fix (bad
+//! credentials, version mismatch, a server not registered properly) leave
+//! the actor idle in a `Failed` state until a reload asks it to try again.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+use futures_util::FutureExt;
+use slog::{debug, error, info, o, warn, Logger};
+use tokio_postgres::Client;
+
+use crate::connect::connect_remote;
+use crate::error::{backoff_delay, retry_policy, ErrorKind, Retry};
+use crate::gate::Gate;
+use crate::redact::scrub;
+use crate::repo_pool::RepoPool;
+use crate::repository::{self, LastSnapshot};
+use crate::schedule;
+use crate::server::{ServerSpec, SrvId};
+use crate::settings::Settings;
+use crate::snapshot::{take_snapshot, Step};
+use crate::status::{Report, StatusActor, WorkerReport, WorkerState};
+
+/// A forced snapshot is refused when the last one is this recent.
+const FORCE_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// How often an idle actor checks that its remote session is still alive.
+const HEALTH_CHECK: Duration = Duration::from_secs(2);
+
+/// Take a snapshot as soon as a permit is free, ahead of scheduled ones.
+#[derive(Message)]
+#[rtype(result = "Result<ForceAccepted, String>")]
+pub struct ForceSnapshot;
+
+/// How a forced snapshot was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForceAccepted {
+    /// A permit was free: the snapshot is starting now.
+    Started,
+    /// Queued for a permit, ahead of every scheduled snapshot.
+    Queued,
+}
+
+/// Sent on reload to servers whose row did not change: reconnect if not
+/// healthy, otherwise redo the version bookkeeping.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Refresh(pub Arc<Settings>);
+
+/// Stop for good (server removed or deactivated). The supervisor drops its
+/// address first, so the actix `Supervisor` does not restart the actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retire;
+
+/// Daemon stop: no new snapshot; answer once the running one (if any) has
+/// finished and the sessions are closed. The caller bounds the wait.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// Internal: (re)connect and plan the next snapshot.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Connect;
+
+/// Internal: the timer of the next snapshot fired.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Due;
+
+/// What every snapshot actor shares with the others.
+#[derive(Clone)]
+pub struct Shared {
+    pub gate: Gate,
+    pub pool: RepoPool,
+    pub status: Addr<StatusActor>,
+    pub logger: Logger,
+}
+
+pub struct SnapshotActor {
+    spec: ServerSpec,
+    settings: Arc<Settings>,
+    shared: Shared,
+    logger: Logger,
+    report: WorkerReport,
+    /// The remote session, absent while disconnected or lent to a snapshot.
+    remote: Option<Client>,
+    due: Option<SystemTime>,
+    timer: Option<SpawnHandle>,
+    busy: bool,
+    forced: bool,
+    /// Consecutive failures; reset by a successful snapshot.
+    failures: u32,
+    /// Why the last attempt failed, kept across the restart for the status.
+    last_failure: Option<(ErrorKind, String)>,
+    stopping: bool,
+    idle_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl SnapshotActor {
+    pub fn new(spec: ServerSpec, settings: Arc<Settings>, shared: Shared) -> SnapshotActor {
+        let name = spec.name(settings.use_server_alias);
+        let logger = shared
+            .logger
+            .new(o!("srvid" => spec.srvid, "server" => name.clone()));
+        SnapshotActor {
+            report: WorkerReport::new(spec.srvid, name),
+            spec,
+            settings,
+            shared,
+            logger,
+            remote: None,
+            due: None,
+            timer: None,
+            busy: false,
+            forced: false,
+            failures: 0,
+            last_failure: None,
+            stopping: false,
+            idle_waiters: Vec::new(),
+        }
+    }
+
+    pub fn srvid(&self) -> SrvId {
+        self.spec.srvid
+    }
+
+    fn publish(&self) {
+        self.shared.status.do_send(Report(self.report.clone()));
+    }
+
+    fn set_state(&mut self, state: WorkerState) {
+        self.report.state = state;
+        self.publish();
+    }
+
+    /// Passwords that must never leave the actor in an error string.
+    fn scrub(&self, text: &str) -> String {
+        let mut secrets = vec![];
+        if let Some(p) = &self.spec.password {
+            secrets.push(p.as_str());
+        }
+        scrub(text, &secrets)
+    }
+
+    /// Report a failure and act on it per [`retry_policy`].
+    fn fail(&mut self, kind: ErrorKind, reason: String, ctx: &mut Context<Self>) {
+        let reason = self.scrub(&reason);
+        error!(self.logger, "collection failed"; "error_type" => kind.as_str(), "error" => &reason);
+        self.report.last_errors = vec![reason.clone()];
+        self.remote = None;
+        self.cancel_timer(ctx);
+        if self.stopping {
+            return;
+        }
+        match retry_policy(kind) {
+            Retry::AfterReload => {
+                self.set_state(WorkerState::Failed(format!("{reason} (fix it, then reload)")));
+            }
+            Retry::Backoff | Retry::NextSchedule => {
+                self.last_failure = Some((kind, reason));
+                // The actix Supervisor restarts us; `restarting` and
+                // `started` plan the next attempt.
+                ctx.stop();
+            }
+        }
+    }
+
+    fn cancel_timer(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+    }
+
+    fn arm(&mut self, due: SystemTime, ctx: &mut Context<Self>) {
+        self.cancel_timer(ctx);
+        self.due = Some(due);
+        self.report.next_due = Some(due);
+        let wait = due.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+        self.timer = Some(ctx.notify_later(Due, wait));
+    }
+
+    fn healthy(&self) -> bool {
+        self.report.state == WorkerState::Running
+    }
+
+    fn wake_idle_waiters(&mut self) {
+        for waiter in self.idle_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+}
+
+impl Actor for SnapshotActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(HEALTH_CHECK, |act, ctx| {
+            let lost = !act.busy && act.remote.as_ref().is_some_and(Client::is_closed);
+            if lost {
+                act.fail(
+                    ErrorKind::Connection,
+                    "connection to the remote server lost".to_string(),
+                    ctx,
+                );
+            }
+        });
+        let delay = match self.failures {
+            0 => Duration::ZERO,
+            n => backoff_delay(
+                n - 1,
+                self.settings.backoff_min,
+                self.settings.backoff_max,
+            ),
+        };
+        if let Some((kind, reason)) = self.last_failure.take() {
+            let state = match (kind, reason.contains("repository")) {
+                (ErrorKind::Connection, true) => WorkerState::NoRepository(reason),
+                (ErrorKind::Connection, false) => WorkerState::NoRemote(reason),
+                _ => WorkerState::Restarting {
+                    at: SystemTime::now() + delay,
+                    reason,
+                },
+            };
+            self.report.next_due = Some(SystemTime::now() + delay);
+            self.set_state(state);
+            info!(self.logger, "retrying"; "in_secs" => delay.as_secs_f64(), "failures" => self.failures);
+        } else {
+            self.set_state(WorkerState::Starting);
+        }
+        ctx.notify_later(Connect, delay);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.wake_idle_waiters();
+    }
+}
+
+impl Supervised for SnapshotActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.failures = self.failures.saturating_add(1);
+        self.report.restarts += 1;
+        self.remote = None;
+        self.busy = false;
+        self.forced = false;
+        self.timer = None;
+        if self.last_failure.is_none() {
+            self.last_failure = Some((ErrorKind::Internal, "actor stopped unexpectedly".into()));
+        }
+    }
+}
+
+/// What a successful (re)connection learns.
+struct Connected {
+    remote: Client,
+    last: LastSnapshot,
+}
+
+/// A failed step, reduced to what the actor needs to decide.
+struct StepFailure {
+    kind: ErrorKind,
+    reason: String,
+    /// Write it to `powa_snapshot_metas.errors` (replacing).
+    record: bool,
+}
+
+impl StepFailure {
+    fn new(kind: ErrorKind, reason: impl ToString) -> StepFailure {
+        StepFailure {
+            kind,
+            reason: reason.to_string(),
+            record: true,
+        }
+    }
+}
+
+/// Runs a future, turning a panic into an internal failure.
+async fn guarded<T>(
+    fut: impl std::future::Future<Output = Result<T, StepFailure>>,
+) -> Result<T, StepFailure> {
+    match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Err(StepFailure {
+                kind: ErrorKind::Internal,
+                reason: format!("internal error (panic): {what}"),
+                record: false,
+            })
+        }
+    }
+}
+
+/// Write a failure to `powa_snapshot_metas.errors` so powa-web shows it.
+async fn record_error(pool: &RepoPool, srvid: SrvId, message: &str, logger: &Logger) {
+    let result = match pool.get().await {
+        Ok(repo) => repository::record_connection_error(&repo, srvid, message)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = result {
+        warn!(logger, "could not record the error in the repository"; "error" => e);
+    }
+}
+
+impl Handler<Connect> for SnapshotActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Connect, ctx: &mut Context<Self>) {
+        if self.stopping || self.busy {
+            return;
+        }
+        let spec = self.spec.clone();
+        let settings = self.settings.clone();
+        let pool = self.shared.pool.clone();
+        let logger = self.logger.clone();
+        self.busy = true;
+        let work = guarded(async move {
+            let repo = pool.get().await.map_err(|e| StepFailure {
+                kind: e.kind(),
+                reason: e.to_string(),
+                record: false,
+            })?;
+            let last = repository::last_snapshot(&repo, spec.srvid)
+                .await
+                .map_err(|e| StepFailure::new(e.kind(), e))?;
+            if last == LastSnapshot::NotRegistered {
+                return Err(StepFailure {
+                    kind: ErrorKind::Setup,
+                    reason: "server not registered properly: no row in powa_snapshot_metas \
+                             (register it with powa_register_server)"
+                        .to_string(),
+                    record: false,
+                });
+            }
+            let remote = connect_remote(&spec, &settings, &spec.name(settings.use_server_alias))
+                .await
+                .map_err(|e| StepFailure::new(e.kind(), e))?;
+            repository::update_versions(&repo, &remote, spec.srvid)
+                .await
+                .map_err(|e| StepFailure::new(e.kind(), e))?;
+            Ok(Connected { remote, last })
+        });
+        let pool = self.shared.pool.clone();
+        let srvid = self.spec.srvid;
+        let work = async move {
+            let result = work.await;
+            if let Err(failure) = &result {
+                if failure.record {
+                    record_error(&pool, srvid, &failure.reason, &logger).await;
+                }
+            }
+            result
+        };
+        ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
+            act.busy = false;
+            match result {
+                Ok(Connected { remote, last }) => {
+                    act.remote = Some(remote);
+                    let frequency = Duration::from_secs(act.spec.frequency.into());
+                    let due = schedule::first_due(SystemTime::now(), &last, frequency, |n| {
+                        rand::random::<u64>() % n.max(1)
+                    });
+                    info!(act.logger, "connected"; "next_snapshot_in_secs" =>
+                        due.duration_since(SystemTime::now()).unwrap_or_default().as_secs());
+                    act.set_state(WorkerState::Running);
+                    act.arm(due, ctx);
+                    if act.stopping {
+                        act.remote = None;
+                        act.wake_idle_waiters();
+                    }
+                }
+                Err(failure) => act.fail(failure.kind, failure.reason, ctx),
+            }
+        }));
+    }
+}
+
+impl Handler<Due> for SnapshotActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Due, ctx: &mut Context<Self>) {
+        self.timer = None;
+        if self.stopping || self.busy {
+            return;
+        }
+        let Some(mut remote) = self.remote.take() else {
+            ctx.notify(Connect);
+            return;
+        };
+        let due = self.due.unwrap_or_else(SystemTime::now);
+        let forced = self.forced;
+        let gate = self.shared.gate.clone();
+        let pool = self.shared.pool.clone();
+        let srvid = self.spec.srvid;
+        let logger = self.logger.clone();
+        self.busy = true;
+        let work = guarded(async move {
+            let _permit = gate.acquire(forced, due).await;
+            let waited = SystemTime::now().duration_since(due).unwrap_or_default();
+            let mut repo = pool.get().await.map_err(|e| StepFailure {
+                kind: e.kind(),
+                reason: e.to_string(),
+                record: false,
+            })?;
+            let mut observer = |step: Step| debug!(logger, "snapshot step"; "step" => format!("{step:?}"));
+            let outcome = take_snapshot(&mut repo, &mut remote, srvid, &mut observer).await;
+            Ok((remote, waited, outcome))
+        });
+        let pool = self.shared.pool.clone();
+        let logger = self.logger.clone();
+        let work = async move {
+            let result = work.await;
+            // A snapshot lost as a whole is written where powa-web shows it.
+            let lost = match &result {
+                Ok((_, _, Err(e))) => Some(e.to_string()),
+                _ => None,
+            };
+            if let Some(reason) = lost {
+                record_error(&pool, srvid, &reason, &logger).await;
+            }
+            result
+        };
+        ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
+            act.busy = false;
+            act.forced = false;
+            let now = SystemTime::now();
+            match result {
+                Ok((remote, waited, Ok(report))) => {
+                    act.remote = Some(remote);
+                    act.failures = 0;
+                    if report.errors.is_empty() {
+                        info!(act.logger, "snapshot taken"; "rows" => report.rows,
+                            "seconds" => report.elapsed.as_secs_f64(),
+                            "waited_secs" => waited.as_secs_f64());
+                    } else {
+                        warn!(act.logger, "snapshot taken with errors"; "rows" => report.rows,
+                            "errors" => report.errors.join("; "));
+                    }
+                    act.report.last_snapshot = Some(now);
+                    act.report.last_duration = Some(report.elapsed);
+                    act.report.last_rows = report.rows;
+                    act.report.last_errors = report.errors.iter().map(|e| act.scrub(e)).collect();
+                    act.report.state = WorkerState::Running;
+                    let frequency = Duration::from_secs(act.spec.frequency.into());
+                    let previous = act.due.unwrap_or(now);
+                    let (next, skipped) = schedule::next_due(previous, frequency, now);
+                    if skipped > 0 {
+                        warn!(act.logger, "collection is late, skipping missed snapshots";
+                            "skipped" => skipped);
+                        act.report.skipped += u64::from(skipped);
+                    }
+                    act.arm(next, ctx);
+                    act.publish();
+                }
+                Ok((_, _, Err(e))) => act.fail(e.kind(), e.to_string(), ctx),
+                Err(failure) => act.fail(failure.kind, failure.reason, ctx),
+            }
+            if act.stopping {
+                act.remote = None;
+                act.set_state(WorkerState::Stopped);
+                act.wake_idle_waiters();
+            }
+        }));
+    }
+}
+
+impl Handler<ForceSnapshot> for SnapshotActor {
+    type Result = Result<ForceAccepted, String>;
+
+    fn handle(&mut self, _: ForceSnapshot, ctx: &mut Context<Self>) -> Self::Result {
+        if self.busy && self.remote.is_none() && self.report.state == WorkerState::Running {
+            return Err("A snapshot is already in progress".to_string());
+        }
+        if self.forced {
+            return Err("A snapshot is already forced".to_string());
+        }
+        if !self.healthy() || self.remote.is_none() {
+            let now = SystemTime::now();
+            return Err(format!(
+                "Server is not ready: {}",
+                self.report.state.powa_web_text(now)
+            ));
+        }
+        if let Some(last) = self.report.last_snapshot {
+            if SystemTime::now().duration_since(last).unwrap_or_default() < FORCE_MIN_INTERVAL {
+                return Err("Last snapshot is less than 10 seconds old".to_string());
+            }
+        }
+        self.forced = true;
+        let (running, waiting) = self.shared.gate.load();
+        let capacity = self.settings.max_concurrent_snapshots;
+        // Keep the schedule: the forced snapshot does not move the next due time.
+        let keep = self.due;
+        self.cancel_timer(ctx);
+        self.due = Some(SystemTime::now());
+        ctx.notify(Due);
+        if let Some(due) = keep {
+            // Restored once the forced snapshot is done, through next_due.
+            self.report.next_due = Some(due);
+        }
+        Ok(if running < capacity && waiting == 0 {
+            ForceAccepted::Started
+        } else {
+            ForceAccepted::Queued
+        })
+    }
+}
+
+impl Handler<Refresh> for SnapshotActor {
+    type Result = ();
+
+    fn handle(&mut self, Refresh(settings): Refresh, ctx: &mut Context<Self>) {
+        self.settings = settings;
+        if self.busy {
+            return;
+        }
+        // Reconnecting also redoes the version bookkeeping and re-reads the
+        // schedule from snapts, which keeps the rhythm.
+        self.failures = 0;
+        self.cancel_timer(ctx);
+        self.remote = None;
+        ctx.notify(Connect);
+    }
+}
+
+impl Handler<Retire> for SnapshotActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
+        info!(self.logger, "server removed from the fleet, stopping");
+        self.stopping = true;
+        self.remote = None;
+        ctx.stop();
+    }
+}
+
+impl Handler<Shutdown> for SnapshotActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        self.stopping = true;
+        self.cancel_timer(ctx);
+        if !self.busy {
+            self.remote = None;
+            self.set_state(WorkerState::Stopped);
+            return Box::pin(async {});
+        }
+        self.set_state(WorkerState::Stopping);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.idle_waiters.push(tx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}

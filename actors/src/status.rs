@@ -1,0 +1,227 @@
+//! The status actor: the latest report of every snapshot actor, answered
+//! from memory so that WORKERS_STATUS stays fast whatever the fleet size
+//! and whatever the snapshot actors are busy with.
+//!
+//! Snapshot actors push a whole [`WorkerReport`] each time something changes;
+//! nothing here talks to a database.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use crate::server::SrvId;
+
+/// Replace the report of one server.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Report(pub WorkerReport);
+
+/// Drop a server that left the fleet.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Forget(pub SrvId);
+
+/// The one-word-ish states powa-web shows, for one server or all.
+#[derive(Message)]
+#[rtype(result = "Vec<(SrvId, String)>")]
+pub struct WorkersStatus {
+    pub wanted: Option<SrvId>,
+}
+
+/// Every detail, for the CLI.
+#[derive(Message)]
+#[rtype(result = "Vec<WorkerReport>")]
+pub struct Details {
+    pub wanted: Option<SrvId>,
+}
+
+/// What a snapshot actor is doing, as far as a user cares.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Connecting and checking versions.
+    Starting,
+    /// Healthy: connected, on schedule (possibly taking a snapshot).
+    Running,
+    /// The remote server cannot be reached; retried with backoff.
+    NoRemote(String),
+    /// The repository cannot be reached; retried with backoff.
+    NoRepository(String),
+    /// Failed; a new attempt is planned at the given time.
+    Restarting { at: SystemTime, reason: String },
+    /// Waiting will not help (bad credentials, version mismatch, not
+    /// registered): nothing is collected until a reload.
+    Failed(String),
+    Stopping,
+    Stopped,
+}
+
+impl WorkerState {
+    /// The text WORKERS_STATUS answers. powa-web knows `running`,
+    /// `stopping`, `stopped` and the two `no connection` strings by heart
+    /// and shows anything else as it is.
+    pub fn powa_web_text(&self, now: SystemTime) -> String {
+        match self {
+            WorkerState::Starting => "starting".to_string(),
+            WorkerState::Running => "running".to_string(),
+            WorkerState::NoRemote(_) => "no connection to remote server".to_string(),
+            WorkerState::NoRepository(_) => "no connection to repository server".to_string(),
+            WorkerState::Restarting { at, reason } => {
+                let wait = at.duration_since(now).unwrap_or(Duration::ZERO);
+                format!("restarting in {}s: {reason}", wait.as_secs())
+            }
+            WorkerState::Failed(reason) => format!("error: {reason}"),
+            WorkerState::Stopping => "stopping".to_string(),
+            WorkerState::Stopped => "stopped".to_string(),
+        }
+    }
+}
+
+/// Everything known about one server's collection.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WorkerReport {
+    pub srvid: SrvId,
+    /// Alias or `host:port`, per `use_server_alias`.
+    pub name: String,
+    pub state: WorkerState,
+    /// When the last successful snapshot ended.
+    pub last_snapshot: Option<SystemTime>,
+    pub last_duration: Option<Duration>,
+    pub last_rows: u64,
+    /// Errors of the last snapshot or connection attempt (redacted).
+    pub last_errors: Vec<String>,
+    pub restarts: u32,
+    pub next_due: Option<SystemTime>,
+    /// Scheduled snapshots skipped because the previous ones ran late.
+    pub skipped: u64,
+}
+
+impl WorkerReport {
+    pub fn new(srvid: SrvId, name: String) -> WorkerReport {
+        WorkerReport {
+            srvid,
+            name,
+            state: WorkerState::Starting,
+            last_snapshot: None,
+            last_duration: None,
+            last_rows: 0,
+            last_errors: Vec::new(),
+            restarts: 0,
+            next_due: None,
+            skipped: 0,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct StatusActor {
+    workers: BTreeMap<SrvId, WorkerReport>,
+}
+
+impl Actor for StatusActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Every snapshot actor reports here; a burst of reports must not
+        // make them wait.
+        ctx.set_mailbox_capacity(usize::MAX);
+    }
+}
+
+impl StatusActor {
+    fn selected(&self, wanted: Option<SrvId>) -> impl Iterator<Item = &WorkerReport> {
+        self.workers
+            .range(match wanted {
+                Some(id) => id..=id,
+                None => SrvId::MIN..=SrvId::MAX,
+            })
+            .map(|(_, report)| report)
+    }
+}
+
+impl Handler<Report> for StatusActor {
+    type Result = ();
+
+    fn handle(&mut self, Report(report): Report, _: &mut Self::Context) {
+        self.workers.insert(report.srvid, report);
+    }
+}
+
+impl Handler<Forget> for StatusActor {
+    type Result = ();
+
+    fn handle(&mut self, Forget(srvid): Forget, _: &mut Self::Context) {
+        self.workers.remove(&srvid);
+    }
+}
+
+impl Handler<WorkersStatus> for StatusActor {
+    type Result = MessageResult<WorkersStatus>;
+
+    fn handle(&mut self, msg: WorkersStatus, _: &mut Self::Context) -> Self::Result {
+        let now = SystemTime::now();
+        MessageResult(
+            self.selected(msg.wanted)
+                .map(|r| (r.srvid, r.state.powa_web_text(now)))
+                .collect(),
+        )
+    }
+}
+
+impl Handler<Details> for StatusActor {
+    type Result = MessageResult<Details>;
+
+    fn handle(&mut self, msg: Details, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.selected(msg.wanted).cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_rt::test]
+    async fn reports_are_kept_replaced_and_forgotten() {
+        let status = StatusActor::default().start();
+        let mut one = WorkerReport::new(1, "a:5432".into());
+        one.state = WorkerState::Running;
+        let mut two = WorkerReport::new(2, "b:5432".into());
+        two.state = WorkerState::NoRemote("refused".into());
+        status.send(Report(one.clone())).await.unwrap();
+        status.send(Report(two)).await.unwrap();
+
+        let all = status.send(WorkersStatus { wanted: None }).await.unwrap();
+        assert_eq!(
+            all,
+            vec![
+                (1, "running".to_string()),
+                (2, "no connection to remote server".to_string())
+            ]
+        );
+        let only = status.send(WorkersStatus { wanted: Some(2) }).await.unwrap();
+        assert_eq!(only.len(), 1);
+        let none = status.send(WorkersStatus { wanted: Some(7) }).await.unwrap();
+        assert!(none.is_empty());
+
+        one.state = WorkerState::Stopping;
+        status.send(Report(one)).await.unwrap();
+        status.send(Forget(2)).await.unwrap();
+        let all = status.send(WorkersStatus { wanted: None }).await.unwrap();
+        assert_eq!(all, vec![(1, "stopping".to_string())]);
+    }
+
+    #[test]
+    fn restarting_shows_the_wait_and_the_reason() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        let state = WorkerState::Restarting {
+            at: now + Duration::from_secs(8),
+            reason: "connection refused".into(),
+        };
+        assert_eq!(
+            state.powa_web_text(now),
+            "restarting in 8s: connection refused"
+        );
+    }
+}

@@ -1,0 +1,325 @@
+//! The supervisor: owns the registry srvid → snapshot actor, built from the
+//! repository's `powa_servers`, and applies reloads as a difference.
+//!
+//! Start-up is a reload from an empty registry, so both share one path:
+//! new servers get an actor, servers gone or deactivated are retired,
+//! servers whose row changed are retired and started again with the new
+//! row, and the others are asked to refresh (reconnect when unhealthy,
+//! redo the version bookkeeping). Snapshot actors are spread over several
+//! arbiters (threads); each runs under an actix `Supervisor`, so a failing
+//! actor restarts without this actor's help. Only this actor holds strong
+//! addresses of snapshot actors: dropping the entry and sending `Retire`
+//! ends one for good.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+use slog::{error, info, Logger};
+use thiserror::Error;
+
+use crate::gate::Gate;
+use crate::repo_pool::RepoPool;
+use crate::repository;
+use crate::server::{ServerSpec, SrvId};
+use crate::settings::Settings;
+use crate::snapshot_actor::{
+    ForceAccepted, ForceSnapshot, Refresh, Retire, Shared, Shutdown, SnapshotActor,
+};
+use crate::status::{Forget, StatusActor};
+
+/// Re-reads the configuration file (and applies what the binary owns, such
+/// as the log level). An error keeps the running configuration.
+pub type ConfigReloader = Box<dyn FnMut() -> Result<Settings, String>>;
+
+/// Re-read the configuration and the server list, apply the difference.
+#[derive(Message)]
+#[rtype(result = "Result<ReloadOutcome, ReloadError>")]
+pub struct Reload;
+
+/// What a reload changed, by srvid.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    pub started: Vec<SrvId>,
+    pub stopped: Vec<SrvId>,
+    pub restarted: Vec<SrvId>,
+    pub refreshed: Vec<SrvId>,
+}
+
+#[derive(Debug, Error, Clone)]
+pub enum ReloadError {
+    /// The configuration file is broken: the running configuration is kept.
+    #[error("configuration not reloaded, the running one is kept: {0}")]
+    Config(String),
+    /// The server list could not be read: the running fleet is kept.
+    #[error("could not read the server list from the repository: {0}")]
+    Repository(String),
+}
+
+/// Force a snapshot of one server.
+#[derive(Message)]
+#[rtype(result = "Result<ForceAccepted, String>")]
+pub struct Force(pub SrvId);
+
+/// Stop every snapshot actor, waiting at most the grace period for the
+/// snapshots in flight; what is still running then is rolled back when the
+/// process exits and its sessions close.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopAll;
+
+/// How many snapshot actors are registered (for tests and logs).
+#[derive(Message)]
+#[rtype(result = "Vec<SrvId>")]
+pub struct Registered;
+
+struct Entry {
+    spec: ServerSpec,
+    addr: Addr<SnapshotActor>,
+}
+
+pub struct Supervisor {
+    settings: Arc<Settings>,
+    reload_config: ConfigReloader,
+    shared: Shared,
+    registry: HashMap<SrvId, Entry>,
+    arbiters: Vec<Arbiter>,
+    next_arbiter: usize,
+    logger: Logger,
+    stopping: bool,
+}
+
+impl Supervisor {
+    pub fn new(
+        settings: Settings,
+        reload_config: ConfigReloader,
+        status: Addr<StatusActor>,
+        logger: Logger,
+    ) -> Supervisor {
+        let settings = Arc::new(settings);
+        let threads = match settings.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let shared = Shared {
+            gate: Gate::new(settings.max_concurrent_snapshots),
+            pool: RepoPool::new(settings.clone()),
+            status,
+            logger: logger.clone(),
+        };
+        Supervisor {
+            settings,
+            reload_config,
+            shared,
+            registry: HashMap::new(),
+            arbiters: (0..threads).map(|_| Arbiter::new()).collect(),
+            next_arbiter: 0,
+            logger,
+            stopping: false,
+        }
+    }
+
+    /// The repository pool, shared with the listener for its own queries.
+    pub fn pool(&self) -> RepoPool {
+        self.shared.pool.clone()
+    }
+
+    fn start_actor(&mut self, spec: ServerSpec) {
+        let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
+        self.next_arbiter += 1;
+        let settings = self.settings.clone();
+        let shared = self.shared.clone();
+        let srvid = spec.srvid;
+        let actor_spec = spec.clone();
+        let addr = actix::Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+            SnapshotActor::new(actor_spec, settings, shared)
+        });
+        self.registry.insert(srvid, Entry { spec, addr });
+    }
+
+    fn retire_actor(&mut self, srvid: SrvId) {
+        if let Some(entry) = self.registry.remove(&srvid) {
+            // The entry held the only strong address: once `Retire` stops
+            // the actor, its actix Supervisor has no reason to restart it.
+            entry.addr.do_send(Retire);
+            self.shared.status.do_send(Forget(srvid));
+        }
+    }
+
+    /// Apply a new server list; returns what changed.
+    fn apply(&mut self, servers: Vec<ServerSpec>) -> ReloadOutcome {
+        let mut outcome = ReloadOutcome::default();
+        let mut wanted: HashMap<SrvId, ServerSpec> =
+            servers.into_iter().map(|s| (s.srvid, s)).collect();
+        let mut known: Vec<SrvId> = self.registry.keys().copied().collect();
+        known.sort_unstable();
+        for srvid in known {
+            match wanted.remove(&srvid) {
+                None => {
+                    self.retire_actor(srvid);
+                    outcome.stopped.push(srvid);
+                }
+                Some(spec) if spec != self.registry[&srvid].spec => {
+                    self.retire_actor(srvid);
+                    self.start_actor(spec);
+                    outcome.restarted.push(srvid);
+                }
+                Some(_) => {
+                    self.registry[&srvid]
+                        .addr
+                        .do_send(Refresh(self.settings.clone()));
+                    outcome.refreshed.push(srvid);
+                }
+            }
+        }
+        let mut new: Vec<ServerSpec> = wanted.into_values().collect();
+        new.sort_by_key(|s| s.srvid);
+        for spec in new {
+            outcome.started.push(spec.srvid);
+            self.start_actor(spec);
+        }
+        outcome
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Start-up is a reload from an empty registry.
+        ctx.notify(InitialLoad);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct InitialLoad;
+
+impl Handler<InitialLoad> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: InitialLoad, ctx: &mut Context<Self>) {
+        let addr = ctx.address();
+        let logger = self.logger.clone();
+        ctx.spawn(
+            async move {
+                if let Ok(Err(e)) = addr.send(Reload).await {
+                    error!(logger, "initial server list not loaded, retrying on reload"; "error" => %e);
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Handler<Reload> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<ReloadOutcome, ReloadError>>;
+
+    fn handle(&mut self, _: Reload, ctx: &mut Context<Self>) -> Self::Result {
+        let config = (self.reload_config)();
+        let pool = self.shared.pool.clone();
+        let fut = async move {
+            let settings = config.map_err(ReloadError::Config)?;
+            let repo = pool
+                .get()
+                .await
+                .map_err(|e| ReloadError::Repository(e.to_string()))?;
+            let servers = repository::list_servers(&repo)
+                .await
+                .map_err(|e| ReloadError::Repository(e.to_string()))?;
+            Ok((settings, servers))
+        };
+        // Reloads are applied one at a time, in order.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        ctx.wait(fut.into_actor(self).map(move |result, act, _| {
+            let outcome = result.map(|(settings, servers)| {
+                if act.stopping {
+                    return ReloadOutcome::default();
+                }
+                let settings = Arc::new(settings);
+                act.shared
+                    .gate
+                    .set_capacity(settings.max_concurrent_snapshots);
+                act.shared.pool.set_settings(settings.clone());
+                act.settings = settings;
+                act.apply(servers)
+            });
+            match &outcome {
+                Ok(o) => info!(act.logger, "fleet reloaded";
+                    "started" => format!("{:?}", o.started), "stopped" => format!("{:?}", o.stopped),
+                    "restarted" => format!("{:?}", o.restarted), "unchanged" => o.refreshed.len()),
+                Err(e) => error!(act.logger, "reload failed"; "error" => %e),
+            }
+            let _ = tx.send(outcome);
+        }));
+        Box::pin(
+            async move {
+                rx.await.unwrap_or_else(|_| {
+                    Err(ReloadError::Repository("the supervisor stopped".into()))
+                })
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<Force> for Supervisor {
+    type Result = ResponseFuture<Result<ForceAccepted, String>>;
+
+    fn handle(&mut self, Force(srvid): Force, _: &mut Context<Self>) -> Self::Result {
+        let addr = self.registry.get(&srvid).map(|e| e.addr.clone());
+        Box::pin(async move {
+            match addr {
+                None => Err(format!("Server {srvid} is not collected")),
+                Some(addr) => addr
+                    .send(ForceSnapshot)
+                    .await
+                    .unwrap_or_else(|_| Err("The server's worker is restarting".to_string())),
+            }
+        })
+    }
+}
+
+impl Handler<Registered> for Supervisor {
+    type Result = MessageResult<Registered>;
+
+    fn handle(&mut self, _: Registered, _: &mut Context<Self>) -> Self::Result {
+        let mut ids: Vec<SrvId> = self.registry.keys().copied().collect();
+        ids.sort_unstable();
+        MessageResult(ids)
+    }
+}
+
+impl Handler<StopAll> for Supervisor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: StopAll, _: &mut Context<Self>) -> Self::Result {
+        self.stopping = true;
+        let grace = self.settings.shutdown_grace;
+        let waits: Vec<_> = self
+            .registry
+            .values()
+            .map(|e| e.addr.send(Shutdown))
+            .collect();
+        let logger = self.logger.clone();
+        let pool = self.shared.pool.clone();
+        Box::pin(async move {
+            let all = join_all(waits);
+            if tokio::time::timeout(grace, all).await.is_err() {
+                info!(logger, "grace period over, rolling back the snapshots still running";
+                    "grace_secs" => grace.as_secs_f64());
+            }
+            pool.close_idle();
+            // Let the connection tasks see their clients go.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        })
+    }
+}
