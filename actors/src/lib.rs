@@ -6,6 +6,7 @@
 pub mod connect;
 pub mod error;
 pub mod gate;
+pub mod protocol;
 pub mod redact;
 pub mod server;
 pub mod settings;
