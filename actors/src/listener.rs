@@ -23,7 +23,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Notification};
 
 use crate::connect::{apply_common, repository_config};
 use crate::error::{backoff_delay, classify};
-use crate::protocol::{self, Answer, Command, ReplyTo, Request};
+use crate::protocol::{self, Answer, Command, Request};
 use crate::settings::Settings;
 use crate::snapshot_actor::ForceAccepted;
 use crate::status::{StatusActor, WorkersStatus};
@@ -242,15 +242,16 @@ impl Listener {
             Err(rejection) => {
                 warn!(self.logger, "invalid command ignored";
                     "sender_pid" => sender_pid, "reason" => %rejection);
-                (None, rejection.reply())
+                (None, rejection.reply)
             }
         };
         if self.in_flight.get() >= MAX_IN_FLIGHT {
             warn!(self.logger, "too many commands in flight, refusing one"; "sender_pid" => sender_pid);
             if let Some(request) = &request {
-                if let ReplyTo::Channel(channel) = &request.reply_to {
-                    let answer = Answer::error(request.command.word(), "Too many requests, retry later");
-                    self.spawn_answer(session, channel.clone(), answer, ctx);
+                if let Some(channel) = request.reply_to.channel() {
+                    let answer =
+                        Answer::error(request.command.kind(), "Too many requests, retry later");
+                    self.spawn_answer(session, channel.to_string(), answer, ctx);
                 }
             }
             return;
@@ -260,11 +261,6 @@ impl Listener {
             return;
         }
         let Some(request) = request else { return };
-        if matches!(request.command, Command::WorkersStatus { .. })
-            && request.reply_to == ReplyTo::Nobody
-        {
-            return;
-        }
         let in_flight = self.in_flight.clone();
         in_flight.set(in_flight.get() + 1);
         let supervisor = self.supervisor.clone();
@@ -273,7 +269,7 @@ impl Listener {
         ctx.spawn(
             async move {
                 let answer = execute(&session, sender_pid, &request, &supervisor, &status, &logger).await;
-                if let ReplyTo::Channel(channel) = &request.reply_to {
+                if let Some(channel) = request.reply_to.channel() {
                     send_answer(&session.client, channel, &answer, &logger).await;
                 }
                 in_flight.set(in_flight.get() - 1);
@@ -313,11 +309,11 @@ async fn execute(
     status: &Addr<StatusActor>,
     logger: &Logger,
 ) -> Answer {
-    let word = request.command.word();
+    let word = request.command.kind();
     match permitted(session, sender_pid).await {
         Ok(true) => {}
         Ok(false) => {
-            warn!(logger, "command refused: permission denied"; "command" => word, "sender_pid" => sender_pid);
+            warn!(logger, "command refused: permission denied"; "command" => word.as_str(), "sender_pid" => sender_pid);
             return Answer::permission_denied(word);
         }
         Err(e) => {
@@ -325,11 +321,11 @@ async fn execute(
             return Answer::error(word, "Could not check permissions");
         }
     }
-    info!(logger, "command received"; "command" => word, "sender_pid" => sender_pid);
+    info!(logger, "command received"; "command" => word.as_str(), "sender_pid" => sender_pid);
     match &request.command {
         Command::Reload => match supervisor.send(Reload).await {
-            Ok(Ok(_)) => Answer::ok(word, "OK"),
-            Ok(Err(e)) => Answer::error(word, &e.to_string()),
+            Ok(Ok(_)) => Answer::reload_done(),
+            Ok(Err(e)) => Answer::error(word, e.to_string()),
             Err(_) => Answer::error(word, "The collector is stopping"),
         },
         Command::WorkersStatus { srvid } => match status.send(WorkersStatus { wanted: *srvid }).await {
@@ -337,14 +333,14 @@ async fn execute(
             Err(_) => Answer::error(word, "The collector is stopping"),
         },
         Command::ForceSnapshot { srvid } => match supervisor.send(Force(*srvid)).await {
-            Ok(Ok(ForceAccepted::Started)) => Answer::ok(word, "Snapshot in progress"),
-            Ok(Ok(ForceAccepted::Queued)) => Answer::ok(word, "Snapshot will begin shortly"),
-            Ok(Err(reason)) => Answer::error(word, &reason),
+            Ok(Ok(ForceAccepted::Started)) => Answer::snapshot_in_progress(),
+            Ok(Ok(ForceAccepted::Queued)) => Answer::snapshot_will_begin(),
+            Ok(Err(reason)) => Answer::error(word, reason),
             Err(_) => Answer::error(word, "The collector is stopping"),
         },
-        Command::RefreshDbCat { .. } => {
-            Answer::ok(word, "Catalogs will be refreshed during the next snapshot")
-        }
+        // Catalog snapshots are a PoWA 5 feature; on PoWA 4 there is
+        // nothing to refresh, and the answer is what clients expect.
+        Command::RefreshDbCat { .. } => Answer::catalogs_will_refresh(),
     }
 }
 
