@@ -223,7 +223,10 @@ impl StreamHandler<Result<AsyncMessage, tokio_postgres::Error>> for Listener {
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
-        warn!(self.logger, "repository session closed, will reconnect and LISTEN again");
+        warn!(
+            self.logger,
+            "repository session closed, will reconnect and LISTEN again"
+        );
         ctx.stop();
     }
 }
@@ -268,7 +271,15 @@ impl Listener {
         let logger = self.logger.clone();
         ctx.spawn(
             async move {
-                let answer = execute(&session, sender_pid, &request, &supervisor, &status, &logger).await;
+                let answer = execute(
+                    &session,
+                    sender_pid,
+                    &request,
+                    &supervisor,
+                    &status,
+                    &logger,
+                )
+                .await;
                 if let Some(channel) = request.reply_to.channel() {
                     send_answer(&session.client, channel, &answer, &logger).await;
                 }
@@ -278,7 +289,13 @@ impl Listener {
         );
     }
 
-    fn spawn_answer(&self, session: Session, channel: String, answer: Answer, ctx: &mut Context<Self>) {
+    fn spawn_answer(
+        &self,
+        session: Session,
+        channel: String,
+        answer: Answer,
+        ctx: &mut Context<Self>,
+    ) {
         let logger = self.logger.clone();
         ctx.spawn(
             async move { send_answer(&session.client, &channel, &answer, &logger).await }
@@ -328,10 +345,12 @@ async fn execute(
             Ok(Err(e)) => Answer::error(word, e.to_string()),
             Err(_) => Answer::error(word, "The collector is stopping"),
         },
-        Command::WorkersStatus { srvid } => match status.send(WorkersStatus { wanted: *srvid }).await {
-            Ok(states) => protocol::workers_status(&states, *srvid),
-            Err(_) => Answer::error(word, "The collector is stopping"),
-        },
+        Command::WorkersStatus { srvid } => {
+            match status.send(WorkersStatus { wanted: *srvid }).await {
+                Ok(states) => protocol::workers_status(&states, *srvid),
+                Err(_) => Answer::error(word, "The collector is stopping"),
+            }
+        }
         Command::ForceSnapshot { srvid } => match supervisor.send(Force(*srvid)).await {
             Ok(Ok(ForceAccepted::Started)) => Answer::snapshot_in_progress(),
             Ok(Ok(ForceAccepted::Queued)) => Answer::snapshot_will_begin(),

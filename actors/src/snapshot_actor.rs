@@ -99,9 +99,12 @@ pub struct SnapshotActor {
     report: WorkerReport,
     /// The remote session, absent while disconnected or lent to a snapshot.
     remote: Option<Client>,
+    /// The next snapshot the schedule asks for (a forced one does not move it).
     due: Option<SystemTime>,
     timer: Option<SpawnHandle>,
+    /// Connecting, taking a snapshot or doing bookkeeping: one thing at a time.
     busy: bool,
+    in_snapshot: bool,
     forced: bool,
     /// Consecutive failures; reset by a successful snapshot.
     failures: u32,
@@ -127,6 +130,7 @@ impl SnapshotActor {
             due: None,
             timer: None,
             busy: false,
+            in_snapshot: false,
             forced: false,
             failures: 0,
             last_failure: None,
@@ -169,7 +173,9 @@ impl SnapshotActor {
         }
         match retry_policy(kind) {
             Retry::AfterReload => {
-                self.set_state(WorkerState::Failed(format!("{reason} (fix it, then reload)")));
+                self.set_state(WorkerState::Failed(format!(
+                    "{reason} (fix it, then reload)"
+                )));
             }
             Retry::Backoff | Retry::NextSchedule => {
                 self.last_failure = Some((kind, reason));
@@ -190,7 +196,9 @@ impl SnapshotActor {
         self.cancel_timer(ctx);
         self.due = Some(due);
         self.report.next_due = Some(due);
-        let wait = due.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+        let wait = due
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
         self.timer = Some(ctx.notify_later(Due, wait));
     }
 
@@ -221,11 +229,7 @@ impl Actor for SnapshotActor {
         });
         let delay = match self.failures {
             0 => Duration::ZERO,
-            n => backoff_delay(
-                n - 1,
-                self.settings.backoff_min,
-                self.settings.backoff_max,
-            ),
+            n => backoff_delay(n - 1, self.settings.backoff_min, self.settings.backoff_max),
         };
         if let Some((kind, reason)) = self.last_failure.take() {
             let state = match (kind, reason.contains("repository")) {
@@ -256,6 +260,7 @@ impl Supervised for SnapshotActor {
         self.report.restarts += 1;
         self.remote = None;
         self.busy = false;
+        self.in_snapshot = false;
         self.forced = false;
         self.timer = None;
         if self.last_failure.is_none() {
@@ -407,13 +412,18 @@ impl Handler<Due> for SnapshotActor {
             ctx.notify(Connect);
             return;
         };
-        let due = self.due.unwrap_or_else(SystemTime::now);
         let forced = self.forced;
+        let due = if forced {
+            SystemTime::now()
+        } else {
+            self.due.unwrap_or_else(SystemTime::now)
+        };
         let gate = self.shared.gate.clone();
         let pool = self.shared.pool.clone();
         let srvid = self.spec.srvid;
         let logger = self.logger.clone();
         self.busy = true;
+        self.in_snapshot = true;
         let work = guarded(async move {
             let _permit = gate.acquire(forced, due).await;
             let waited = SystemTime::now().duration_since(due).unwrap_or_default();
@@ -422,7 +432,8 @@ impl Handler<Due> for SnapshotActor {
                 reason: e.to_string(),
                 record: false,
             })?;
-            let mut observer = |step: Step| debug!(logger, "snapshot step"; "step" => format!("{step:?}"));
+            let mut observer =
+                |step: Step| debug!(logger, "snapshot step"; "step" => format!("{step:?}"));
             let outcome = take_snapshot(&mut repo, &mut remote, srvid, &mut observer).await;
             Ok((remote, waited, outcome))
         });
@@ -440,8 +451,9 @@ impl Handler<Due> for SnapshotActor {
             }
             result
         };
-        ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
+        ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
             act.busy = false;
+            act.in_snapshot = false;
             act.forced = false;
             let now = SystemTime::now();
             match result {
@@ -462,8 +474,13 @@ impl Handler<Due> for SnapshotActor {
                     act.report.last_errors = report.errors.iter().map(|e| act.scrub(e)).collect();
                     act.report.state = WorkerState::Running;
                     let frequency = Duration::from_secs(act.spec.frequency.into());
-                    let previous = act.due.unwrap_or(now);
-                    let (next, skipped) = schedule::next_due(previous, frequency, now);
+                    let scheduled = act.due.unwrap_or(now);
+                    let (next, skipped) = if forced && scheduled > now {
+                        // A forced snapshot leaves the rhythm alone.
+                        (scheduled, 0)
+                    } else {
+                        schedule::next_due(scheduled, frequency, now)
+                    };
                     if skipped > 0 {
                         warn!(act.logger, "collection is late, skipping missed snapshots";
                             "skipped" => skipped);
@@ -488,17 +505,16 @@ impl Handler<ForceSnapshot> for SnapshotActor {
     type Result = Result<ForceAccepted, String>;
 
     fn handle(&mut self, _: ForceSnapshot, ctx: &mut Context<Self>) -> Self::Result {
-        if self.busy && self.remote.is_none() && self.report.state == WorkerState::Running {
+        if self.in_snapshot {
             return Err("A snapshot is already in progress".to_string());
         }
         if self.forced {
             return Err("A snapshot is already forced".to_string());
         }
-        if !self.healthy() || self.remote.is_none() {
-            let now = SystemTime::now();
+        if !self.healthy() || self.busy || self.remote.is_none() {
             return Err(format!(
                 "Server is not ready: {}",
-                self.report.state.powa_web_text(now)
+                self.report.state.powa_web_text(SystemTime::now())
             ));
         }
         if let Some(last) = self.report.last_snapshot {
@@ -506,19 +522,12 @@ impl Handler<ForceSnapshot> for SnapshotActor {
                 return Err("Last snapshot is less than 10 seconds old".to_string());
             }
         }
-        self.forced = true;
         let (running, waiting) = self.shared.gate.load();
-        let capacity = self.settings.max_concurrent_snapshots;
-        // Keep the schedule: the forced snapshot does not move the next due time.
-        let keep = self.due;
+        let free = running < self.settings.max_concurrent_snapshots && waiting == 0;
+        self.forced = true;
         self.cancel_timer(ctx);
-        self.due = Some(SystemTime::now());
         ctx.notify(Due);
-        if let Some(due) = keep {
-            // Restored once the forced snapshot is done, through next_due.
-            self.report.next_due = Some(due);
-        }
-        Ok(if running < capacity && waiting == 0 {
+        Ok(if free {
             ForceAccepted::Started
         } else {
             ForceAccepted::Queued
@@ -531,15 +540,44 @@ impl Handler<Refresh> for SnapshotActor {
 
     fn handle(&mut self, Refresh(settings): Refresh, ctx: &mut Context<Self>) {
         self.settings = settings;
-        if self.busy {
+        if self.busy || self.stopping {
             return;
         }
-        // Reconnecting also redoes the version bookkeeping and re-reads the
-        // schedule from snapts, which keeps the rhythm.
-        self.failures = 0;
-        self.cancel_timer(ctx);
-        self.remote = None;
-        ctx.notify(Connect);
+        let Some(remote) = self.remote.take().filter(|_| self.healthy()) else {
+            // Not healthy: try again now, from a clean slate.
+            info!(self.logger, "reconnecting on reload");
+            self.failures = 0;
+            self.cancel_timer(ctx);
+            self.remote = None;
+            ctx.notify(Connect);
+            return;
+        };
+        // Healthy: keep the session and the rhythm, redo the bookkeeping.
+        let pool = self.shared.pool.clone();
+        let srvid = self.spec.srvid;
+        self.busy = true;
+        let work = guarded(async move {
+            let repo = pool.get().await.map_err(|e| StepFailure {
+                kind: e.kind(),
+                reason: e.to_string(),
+                record: false,
+            })?;
+            let checked = repository::update_versions(&repo, &remote, srvid)
+                .await
+                .map_err(|e| StepFailure::new(e.kind(), e));
+            checked.map(|()| remote)
+        });
+        ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
+            act.busy = false;
+            match result {
+                Ok(remote) => act.remote = Some(remote),
+                Err(failure) => act.fail(failure.kind, failure.reason, ctx),
+            }
+            if act.stopping {
+                act.remote = None;
+                act.wake_idle_waiters();
+            }
+        }));
     }
 }
 
