@@ -101,6 +101,27 @@ pub fn backoff_delay(failures: u32, min: Duration, max: Duration) -> Duration {
     capped.mul_f64(jitter).max(min.min(capped))
 }
 
+/// A readable one-line message for a tokio-postgres error: the server's
+/// message (and detail) when there is one, else the client-side error.
+pub fn pg_message(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{}: {} ({detail})", db.severity(), db.message()),
+            None => format!("{}: {}", db.severity(), db.message()),
+        },
+        None => {
+            let mut text = err.to_string();
+            let mut source = std::error::Error::source(err);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -187,7 +187,11 @@ mod tests {
         let gate = Gate::new(1);
         let held = gate.acquire(false, at(0)).await;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        for (name, forced, due) in [("late", false, 30), ("early", false, 10), ("forced", true, 50)] {
+        for (name, forced, due) in [
+            ("late", false, 30),
+            ("early", false, 10),
+            ("forced", true, 50),
+        ] {
             let gate = gate.clone();
             let tx = tx.clone();
             tokio::spawn(async move {

@@ -4,10 +4,18 @@
 //! connections, errors). See ARCHITECTURE.md at the top of the repository.
 
 pub mod connect;
+pub mod copy;
 pub mod error;
 pub mod gate;
+pub mod listener;
 pub mod protocol;
 pub mod redact;
+pub mod repo_pool;
+pub mod repository;
+pub mod schedule;
 pub mod server;
 pub mod settings;
+pub mod snapshot;
+pub mod snapshot_actor;
 pub mod status;
+pub mod supervisor;

@@ -50,7 +50,10 @@ pub enum WorkerState {
     /// The repository cannot be reached; retried with backoff.
     NoRepository(String),
     /// Failed; a new attempt is planned at the given time.
-    Restarting { at: SystemTime, reason: String },
+    Restarting {
+        at: SystemTime,
+        reason: String,
+    },
     /// Waiting will not help (bad credentials, version mismatch, not
     /// registered): nothing is collected until a reload.
     Failed(String),
@@ -200,9 +203,15 @@ mod tests {
                 (2, "no connection to remote server".to_string())
             ]
         );
-        let only = status.send(WorkersStatus { wanted: Some(2) }).await.unwrap();
+        let only = status
+            .send(WorkersStatus { wanted: Some(2) })
+            .await
+            .unwrap();
         assert_eq!(only.len(), 1);
-        let none = status.send(WorkersStatus { wanted: Some(7) }).await.unwrap();
+        let none = status
+            .send(WorkersStatus { wanted: Some(7) })
+            .await
+            .unwrap();
         assert!(none.is_empty());
 
         one.state = WorkerState::Stopping;

@@ -1,0 +1,53 @@
+//! The COPY pipe: rows stream from `COPY ... TO STDOUT` on the remote server
+//! into `COPY ... FROM STDIN` on the repository, one CopyData message at a
+//! time. Memory stays bounded by the sink's small write buffer whatever the
+//! size of the datasource (the reference collector buffers it whole).
+
+use bytes::Bytes;
+use futures_util::{pin_mut, SinkExt, StreamExt};
+use tokio_postgres::{Error, Transaction};
+
+/// What one pipe moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Copied {
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// Which side of the pipe failed.
+#[derive(Debug)]
+pub enum PipeError {
+    /// Reading from the remote server.
+    Source(Error),
+    /// Writing into the repository.
+    Sink(Error),
+}
+
+/// Stream the output of `source_sql` (a `COPY ... TO STDOUT`) on `remote`
+/// into `sink_sql` (a `COPY ... FROM STDIN`) on `repository`. On error the
+/// unfinished sink is dropped, which aborts the COPY on the repository.
+pub async fn pipe(
+    remote: &Transaction<'_>,
+    repository: &Transaction<'_>,
+    source_sql: &str,
+    sink_sql: &str,
+) -> Result<Copied, PipeError> {
+    let source = remote
+        .copy_out(source_sql)
+        .await
+        .map_err(PipeError::Source)?;
+    let sink = repository
+        .copy_in::<_, Bytes>(sink_sql)
+        .await
+        .map_err(PipeError::Sink)?;
+    pin_mut!(source);
+    pin_mut!(sink);
+    let mut bytes = 0u64;
+    while let Some(chunk) = source.next().await {
+        let chunk = chunk.map_err(PipeError::Source)?;
+        bytes += chunk.len() as u64;
+        sink.send(chunk).await.map_err(PipeError::Sink)?;
+    }
+    let rows = sink.as_mut().finish().await.map_err(PipeError::Sink)?;
+    Ok(Copied { rows, bytes })
+}

@@ -1,0 +1,393 @@
+//! Every SQL statement powa-fleet sends to the repository (and the few it
+//! sends to a remote server for version bookkeeping), for PoWA 4.1, where
+//! all objects live in the `public` schema.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use thiserror::Error;
+use tokio_postgres::{Client, Transaction};
+
+use crate::error::{classify, pg_message, ErrorKind};
+use crate::server::{ServerSpec, SrvId};
+
+/// Schema of the PoWA 4 objects, always qualified (never `search_path`).
+pub const POWA_SCHEMA: &str = "public";
+
+#[derive(Debug, Error)]
+pub enum RepositoryError {
+    #[error("{what}: {}", pg_message(.source))]
+    Sql {
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("the powa extension is not installed in the {0} database")]
+    NoPowa(&'static str),
+    #[error("unreadable powa version \"{0}\"")]
+    BadVersion(String),
+    #[error("PoWA {0} is too old: powa-fleet needs PoWA 4.1 or newer on the repository")]
+    TooOld(PowaVersion),
+    #[error("PoWA version mismatch: repository has {repository}, remote server has {remote} (major.minor must match)")]
+    Mismatch {
+        repository: PowaVersion,
+        remote: PowaVersion,
+    },
+}
+
+impl RepositoryError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RepositoryError::Sql { source, .. } => classify(source),
+            _ => ErrorKind::Setup,
+        }
+    }
+}
+
+fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> RepositoryError {
+    move |source| RepositoryError::Sql { what, source }
+}
+
+/// `powa` extension version, e.g. 4.1.4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PowaVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl PowaVersion {
+    pub fn parse(text: &str) -> Result<PowaVersion, RepositoryError> {
+        let bad = || RepositoryError::BadVersion(text.to_string());
+        let mut parts = text.trim().split('.');
+        let mut next = |required: bool| -> Result<u32, RepositoryError> {
+            match parts.next() {
+                Some(p) => {
+                    // "5.0.0dev" style suffixes are tolerated on the last part.
+                    let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+                    digits.parse().map_err(|_| bad())
+                }
+                None if required => Err(bad()),
+                None => Ok(0),
+            }
+        };
+        Ok(PowaVersion {
+            major: next(true)?,
+            minor: next(true)?,
+            patch: next(false)?,
+        })
+    }
+
+    /// Same major.minor: the same SQL schema.
+    pub fn compatible(&self, other: &PowaVersion) -> bool {
+        self.major == other.major && self.minor == other.minor
+    }
+}
+
+impl fmt::Display for PowaVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// The version of the `powa` extension installed on `client`'s database.
+pub async fn powa_version(client: &Client) -> Result<PowaVersion, RepositoryError> {
+    extension_version(client, "repository").await
+}
+
+async fn extension_version(
+    client: &Client,
+    side: &'static str,
+) -> Result<PowaVersion, RepositoryError> {
+    let row = client
+        .query_opt(
+            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'powa'",
+            &[],
+        )
+        .await
+        .map_err(sql("reading the powa version"))?;
+    let Some(row) = row else {
+        return Err(RepositoryError::NoPowa(side));
+    };
+    PowaVersion::parse(row.get(0))
+}
+
+/// Refuse repositories older than PoWA 4.1.
+pub fn check_supported(version: &PowaVersion) -> Result<(), RepositoryError> {
+    if (version.major, version.minor) < (4, 1) {
+        return Err(RepositoryError::TooOld(*version));
+    }
+    Ok(())
+}
+
+/// The servers to collect: `id > 0 AND frequency > 0`, by id.
+pub async fn list_servers(client: &Client) -> Result<Vec<ServerSpec>, RepositoryError> {
+    let rows = client
+        .query(
+            "SELECT id, hostname, port, username, password, dbname, frequency, alias \
+             FROM public.powa_servers WHERE id > 0 AND frequency > 0 ORDER BY id",
+            &[],
+        )
+        .await
+        .map_err(sql("reading powa_servers"))?;
+    Ok(rows
+        .iter()
+        .map(|row| ServerSpec {
+            srvid: row.get(0),
+            hostname: row.get(1),
+            port: u16::try_from(row.get::<_, i32>(2)).unwrap_or(0),
+            username: row.get(3),
+            password: row.get(4),
+            dbname: row.get(5),
+            frequency: u32::try_from(row.get::<_, i32>(6)).unwrap_or(1),
+            alias: row.get(7),
+        })
+        .collect())
+}
+
+/// What the repository knows of a server's last snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LastSnapshot {
+    /// No `powa_snapshot_metas` row: not registered with `powa_register_server`.
+    NotRegistered,
+    /// Registered, never snapshotted (`-infinity`).
+    Never,
+    At(SystemTime),
+}
+
+pub async fn last_snapshot(client: &Client, srvid: SrvId) -> Result<LastSnapshot, RepositoryError> {
+    let row = client
+        .query_opt(
+            "SELECT EXTRACT(EPOCH FROM snapts)::float8 FROM public.powa_snapshot_metas \
+             WHERE srvid = $1",
+            &[&srvid],
+        )
+        .await
+        .map_err(sql("reading powa_snapshot_metas"))?;
+    Ok(match row {
+        None => LastSnapshot::NotRegistered,
+        Some(row) => {
+            let epoch: f64 = row.get(0);
+            if epoch.is_finite() && epoch > 0.0 {
+                LastSnapshot::At(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(epoch))
+            } else {
+                LastSnapshot::Never
+            }
+        }
+    })
+}
+
+/// One snapshot datasource of a server (`powa_functions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datasource {
+    pub module: String,
+    /// Set-returning function on the remote; its `_tmp` table on the repository.
+    pub query_source: String,
+    pub query_cleanup: Option<String>,
+    pub function_name: String,
+}
+
+/// The enabled snapshot datasources of `srvid`, by priority; rows without a
+/// `query_source` are skipped and described in the returned warnings.
+pub async fn datasources(
+    tx: &Transaction<'_>,
+    srvid: SrvId,
+) -> Result<(Vec<Datasource>, Vec<String>), RepositoryError> {
+    let rows = tx
+        .query(
+            "SELECT module, query_source, query_cleanup, function_name \
+             FROM public.powa_functions \
+             WHERE operation = 'snapshot' AND enabled AND srvid = $1 \
+             ORDER BY priority, module",
+            &[&srvid],
+        )
+        .await
+        .map_err(sql("reading powa_functions"))?;
+    let mut found = Vec::new();
+    let mut warnings = Vec::new();
+    for row in rows {
+        let module: String = row.get(0);
+        match row.get::<_, Option<String>>(1) {
+            Some(query_source) => found.push(Datasource {
+                module,
+                query_source,
+                query_cleanup: row.get(2),
+                function_name: row.get(3),
+            }),
+            None => warnings.push(format!("datasource {module} has no query_source, skipped")),
+        }
+    }
+    Ok((found, warnings))
+}
+
+/// Replace the server's stored errors (connection failures, lost snapshots).
+pub async fn record_connection_error(
+    client: &Client,
+    srvid: SrvId,
+    message: &str,
+) -> Result<(), RepositoryError> {
+    client
+        .execute(
+            "UPDATE public.powa_snapshot_metas SET errors = ARRAY[$2::text] WHERE srvid = $1",
+            &[&srvid, &message],
+        )
+        .await
+        .map_err(sql("recording an error in powa_snapshot_metas"))?;
+    Ok(())
+}
+
+/// Append errors to the server's stored errors, inside the snapshot.
+pub async fn append_errors(
+    tx: &Transaction<'_>,
+    srvid: SrvId,
+    errors: &[String],
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE public.powa_snapshot_metas \
+         SET errors = pg_catalog.array_cat(errors, $2::text[]) WHERE srvid = $1",
+        &[&srvid, &errors],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Clear the server's stored errors (when `powa_take_snapshot` failed and
+/// could not do it itself).
+pub async fn clear_errors(tx: &Transaction<'_>, srvid: SrvId) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE public.powa_snapshot_metas SET errors = NULL WHERE srvid = $1",
+        &[&srvid],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Version bookkeeping: the remote's PostgreSQL version, its extension
+/// versions, hypopg availability; then refuse a powa major.minor different
+/// from the repository's.
+pub async fn update_versions(
+    repo: &Client,
+    remote: &Client,
+    srvid: SrvId,
+) -> Result<(), RepositoryError> {
+    let server_version: String = remote
+        .query_one("SELECT pg_catalog.current_setting('server_version')", &[])
+        .await
+        .map_err(sql("reading the remote server version"))?
+        .get(0);
+    repo.execute(
+        "UPDATE public.powa_servers SET version = $2 \
+         WHERE id = $1 AND version IS DISTINCT FROM $2",
+        &[&srvid, &server_version],
+    )
+    .await
+    .map_err(sql("saving the server version"))?;
+
+    let remote_extensions = remote
+        .query(
+            "SELECT extname::text, extversion FROM pg_catalog.pg_extension",
+            &[],
+        )
+        .await
+        .map_err(sql("reading the remote extensions"))?;
+    for row in &remote_extensions {
+        let (name, version): (String, String) = (row.get(0), row.get(1));
+        repo.execute(
+            "UPDATE public.powa_extensions SET version = $3 \
+             WHERE srvid = $1 AND extname = $2 AND version IS DISTINCT FROM $3",
+            &[&srvid, &name, &version],
+        )
+        .await
+        .map_err(sql("saving extension versions"))?;
+    }
+
+    // hypopg need not be installed in the powa database to be usable, so
+    // its availability is what counts.
+    let hypopg: Option<String> = remote
+        .query_opt(
+            "SELECT default_version FROM pg_catalog.pg_available_extensions \
+             WHERE name = 'hypopg'",
+            &[],
+        )
+        .await
+        .map_err(sql("checking hypopg on the remote server"))?
+        .and_then(|row| row.get(0));
+    match hypopg {
+        Some(version) => repo
+            .execute(
+                "INSERT INTO public.powa_extensions (srvid, extname, version) \
+                 VALUES ($1, 'hypopg', $2) \
+                 ON CONFLICT (srvid, extname) DO UPDATE SET version = EXCLUDED.version",
+                &[&srvid, &version],
+            )
+            .await
+            .map_err(sql("saving the hypopg version"))?,
+        None => repo
+            .execute(
+                "DELETE FROM public.powa_extensions WHERE srvid = $1 AND extname = 'hypopg'",
+                &[&srvid],
+            )
+            .await
+            .map_err(sql("forgetting hypopg"))?,
+    };
+
+    let repository = powa_version(repo).await?;
+    let remote = extension_version(remote, "remote server's PoWA").await?;
+    if !repository.compatible(&remote) {
+        return Err(RepositoryError::Mismatch { repository, remote });
+    }
+    Ok(())
+}
+
+/// `name` as a double-quoted SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_and_compare() {
+        let v = PowaVersion::parse("4.1.4").unwrap();
+        assert_eq!(
+            v,
+            PowaVersion {
+                major: 4,
+                minor: 1,
+                patch: 4
+            }
+        );
+        assert_eq!(v.to_string(), "4.1.4");
+        assert_eq!(PowaVersion::parse("5.0").unwrap().patch, 0);
+        assert_eq!(PowaVersion::parse("5.0.0dev").unwrap().major, 5);
+        assert!(PowaVersion::parse("four").is_err());
+        assert!(v.compatible(&PowaVersion::parse("4.1.0").unwrap()));
+        assert!(!v.compatible(&PowaVersion::parse("4.2.0").unwrap()));
+    }
+
+    #[test]
+    fn old_powa_is_refused() {
+        assert!(check_supported(&PowaVersion::parse("4.0.1").unwrap()).is_err());
+        assert!(check_supported(&PowaVersion::parse("3.2.0").unwrap()).is_err());
+        assert!(check_supported(&PowaVersion::parse("4.1.0").unwrap()).is_ok());
+        assert!(check_supported(&PowaVersion::parse("5.1.2").unwrap()).is_ok());
+        let message = check_supported(&PowaVersion::parse("4.0.1").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("4.0.1") && message.contains("4.1"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(
+            quote_ident("powa_statements_src"),
+            "\"powa_statements_src\""
+        );
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}
