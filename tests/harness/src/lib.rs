@@ -1,1 +1,22 @@
-pub fn placeholder() {}
+//! Throwaway PostgreSQL clusters with PoWA, for powa-fleet's integration
+//! tests, its `demo` command and its benchmarks.
+//!
+//! A [`Cluster`] is one `initdb` in a temporary directory, listening on its
+//! own loopback port, stopped and removed when dropped (even when a test
+//! panics). A [`Fleet`] is a repository plus remote servers set up for
+//! PoWA 4.1, with helpers to register servers and generate a workload.
+//! [`daemon`] runs the powa-fleet binary and talks to it as powa-web does.
+//! The PostgreSQL programs come from `POWA_FLEET_PG_BINDIR` (default: the
+//! Debian PostgreSQL 15 directory); as root they run as `postgres`.
+
+pub mod cluster;
+pub mod daemon;
+pub mod error;
+pub mod fleet;
+pub mod pgbin;
+pub mod workload;
+
+pub use cluster::{Cluster, ClusterOptions};
+pub use error::HarnessError;
+pub use fleet::Fleet;
+pub use pgbin::{require_binaries, PgBin};

@@ -1,0 +1,146 @@
+//! A PoWA repository and remote servers, set up the way a DBA would.
+
+use crate::cluster::{Cluster, ClusterOptions};
+use crate::error::HarnessError;
+use crate::workload::workload_sql;
+
+/// Libraries a remote server preloads for PoWA's datasources.
+pub const REMOTE_PRELOAD: &[&str] = &["pg_stat_statements", "pg_qualstats", "pg_stat_kcache"];
+
+/// Extensions created in a remote server's `powa` database.
+const REMOTE_EXTENSIONS: &str = "CREATE EXTENSION pg_stat_statements; \
+     CREATE EXTENSION btree_gist; CREATE EXTENSION powa; \
+     CREATE EXTENSION pg_qualstats; CREATE EXTENSION pg_stat_kcache; \
+     CREATE EXTENSION hypopg;";
+
+/// A repository only needs powa and what it requires: the datasource
+/// tables of remote servers are part of the powa extension.
+const REPOSITORY_EXTENSIONS: &str = "CREATE EXTENSION pg_stat_statements; \
+     CREATE EXTENSION btree_gist; CREATE EXTENSION powa;";
+
+pub struct Fleet {
+    pub repository: Cluster,
+    pub remotes: Vec<Cluster>,
+}
+
+/// Options of a remote server cluster.
+pub fn remote_options() -> ClusterOptions {
+    ClusterOptions {
+        preload: REMOTE_PRELOAD.iter().map(|s| s.to_string()).collect(),
+        extra_conf: vec![
+            // Sample every query, so a short workload shows in pg_qualstats.
+            "pg_qualstats.sample_rate = 1".to_string(),
+            "pg_stat_statements.max = 30000".to_string(),
+            "track_functions = 'all'".to_string(),
+        ],
+        ..ClusterOptions::default()
+    }
+}
+
+/// Options of a repository cluster.
+pub fn repository_options() -> ClusterOptions {
+    ClusterOptions {
+        preload: vec!["pg_stat_statements".to_string()],
+        ..ClusterOptions::default()
+    }
+}
+
+/// Create the `powa` database and PoWA's extensions on a remote server.
+pub fn setup_remote(cluster: &Cluster) -> Result<(), HarnessError> {
+    cluster.psql("postgres", "CREATE DATABASE powa")?;
+    cluster.psql("powa", REMOTE_EXTENSIONS)?;
+    Ok(())
+}
+
+/// Create the `powa` database and extension on a repository.
+pub fn setup_repository(cluster: &Cluster) -> Result<(), HarnessError> {
+    cluster.psql("postgres", "CREATE DATABASE powa")?;
+    cluster.psql("powa", REPOSITORY_EXTENSIONS)?;
+    Ok(())
+}
+
+impl Fleet {
+    /// A repository and `n_remotes` remote servers, started in parallel.
+    pub fn start(n_remotes: usize) -> Result<Fleet, HarnessError> {
+        std::thread::scope(|scope| {
+            let repository = scope.spawn(|| {
+                let cluster = Cluster::start(repository_options())?;
+                setup_repository(&cluster)?;
+                Ok::<_, HarnessError>(cluster)
+            });
+            let remotes: Vec<_> = (0..n_remotes)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let cluster = Cluster::start(remote_options())?;
+                        setup_remote(&cluster)?;
+                        Ok::<_, HarnessError>(cluster)
+                    })
+                })
+                .collect();
+            let repository = repository.join().expect("setup thread panicked")?;
+            let remotes = remotes
+                .into_iter()
+                .map(|h| h.join().expect("setup thread panicked"))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Fleet {
+                repository,
+                remotes,
+            })
+        })
+    }
+
+    pub fn repository_dsn(&self) -> String {
+        self.repository.dsn("powa")
+    }
+
+    /// Register remote `remote` with `powa_register_server` (all PoWA
+    /// datasources) and return its srvid.
+    pub fn register(
+        &self,
+        remote: usize,
+        frequency: i32,
+        alias: Option<&str>,
+    ) -> Result<i32, HarnessError> {
+        let cluster = &self.remotes[remote];
+        register_server(
+            &self.repository,
+            &cluster.host(),
+            cluster.port(),
+            frequency,
+            alias,
+        )
+    }
+
+    /// Run `statements` distinct statements on remote `remote`.
+    pub fn workload(&self, remote: usize, statements: usize) -> Result<(), HarnessError> {
+        self.remotes[remote].psql("powa", &workload_sql(statements, 0))?;
+        Ok(())
+    }
+}
+
+/// Register `host:port` on `repository` as user postgres, database powa.
+pub fn register_server(
+    repository: &Cluster,
+    host: &str,
+    port: u16,
+    frequency: i32,
+    alias: Option<&str>,
+) -> Result<i32, HarnessError> {
+    let alias = match alias {
+        Some(a) => format!("'{}'", a.replace('\'', "''")),
+        None => "NULL".to_string(),
+    };
+    let out = repository.psql(
+        "powa",
+        &format!(
+            "SELECT powa_register_server(hostname => '{host}', port => {port}, \
+             alias => {alias}, username => 'postgres', dbname => 'powa', \
+             frequency => {frequency}, \
+             extensions => ARRAY['pg_stat_kcache', 'pg_qualstats']) \\g /dev/null\n\
+             SELECT id FROM powa_servers WHERE hostname = '{host}' AND port = {port};"
+        ),
+    )?;
+    out.trim()
+        .parse()
+        .map_err(|_| HarnessError::Other(format!("unexpected srvid {out:?}")))
+}
