@@ -243,15 +243,15 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| HarnessError::io("running psql", e))?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(sql.as_bytes())
-            .map_err(|e| HarnessError::io("writing to psql", e))?;
+        // Feed the script from another thread: psql's output could fill its
+        // pipe while we are still writing, and both sides would wait.
+        let mut stdin = child.stdin.take().expect("piped");
+        let script = sql.to_string();
+        let writer = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
         let output = child
             .wait_with_output()
             .map_err(|e| HarnessError::io("running psql", e))?;
+        let written = writer.join().expect("writer thread");
         if !output.status.success() {
             return Err(HarnessError::Command {
                 command: format!("psql on {}", self.dsn(dbname)),
@@ -259,6 +259,7 @@ impl Cluster {
                 output: String::from_utf8_lossy(&output.stderr).into_owned(),
             });
         }
+        written.map_err(|e| HarnessError::io("writing to psql", e))?;
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     }
 

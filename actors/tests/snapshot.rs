@@ -1,0 +1,358 @@
+//! One remote snapshot against real clusters: what lands in the
+//! repository, what is recorded when something fails, and what is left
+//! behind (nothing) when the remote dies in the middle.
+
+use std::time::{Duration, SystemTime};
+
+use powa_fleet_actors::error::ErrorKind;
+use powa_fleet_actors::repository::{self, LastSnapshot};
+use powa_fleet_actors::snapshot::{take_snapshot, Step};
+use powa_fleet_harness::{require_binaries, Fleet};
+use tokio_postgres::Client;
+
+async fn count(repo: &Client, sql: &str, srvid: i32) -> i64 {
+    repo.query_one(sql, &[&srvid]).await.unwrap().get(0)
+}
+
+async fn metas(repo: &Client, srvid: i32) -> (i64, Option<Vec<String>>, f64) {
+    let row = repo
+        .query_one(
+            "SELECT coalesce_seq, errors, EXTRACT(EPOCH FROM snapts)::float8 \
+             FROM powa_snapshot_metas WHERE srvid = $1",
+            &[&srvid],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// History tables a first snapshot fills (the `_current` ones, since no
+/// coalesce has run yet).
+const HISTORY: &[&str] = &[
+    "powa_statements_history_current",
+    "powa_kcache_metrics_current",
+    "powa_stat_bgwriter_history_current",
+    "powa_all_relations_history_current",
+    "powa_user_functions_history_current",
+];
+
+/// Relation and function statistics come from PoWA's C functions, which
+/// return nothing on PostgreSQL 15 with PoWA 4.1.4: for those, the
+/// repository must hold exactly what the remote's source returns.
+const FROM_C_FUNCTIONS: &[(&str, &str)] = &[
+    (
+        "powa_all_relations_history_current",
+        "powa_all_relations_src",
+    ),
+    (
+        "powa_user_functions_history_current",
+        "powa_user_functions_src",
+    ),
+];
+
+async fn history_counts(repo: &Client, srvid: i32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for table in HISTORY
+        .iter()
+        .chain(&["powa_qualstats_quals_history_current"])
+    {
+        let n = count(
+            repo,
+            &format!("SELECT count(*) FROM {table} WHERE srvid = $1"),
+            srvid,
+        )
+        .await;
+        out.push((table.to_string(), n));
+    }
+    out
+}
+
+/// Every history table has rows, or as many as the remote source gives.
+async fn assert_history_filled(repo: &Client, remote: &Client, srvid: i32, skip: &str) {
+    for (table, n) in history_counts(repo, srvid).await {
+        if table.contains(skip) {
+            continue;
+        }
+        match FROM_C_FUNCTIONS.iter().find(|(t, _)| *t == table) {
+            Some((_, source)) => {
+                let at_source: i64 = remote
+                    .query_one(&format!("SELECT count(*) FROM public.{source}(0)"), &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(
+                    n > 0,
+                    at_source > 0,
+                    "{table}: {n} rows, {source}: {at_source}"
+                );
+            }
+            None => assert!(n > 0, "{table} has no row for server {srvid}"),
+        }
+    }
+}
+
+async fn tmp_rows(repo: &Client, srvid: i32) -> i64 {
+    let mut total = 0;
+    for table in [
+        "powa_statements_src_tmp",
+        "powa_kcache_src_tmp",
+        "powa_qualstats_src_tmp",
+        "powa_all_relations_src_tmp",
+        "powa_user_functions_src_tmp",
+        "powa_stat_bgwriter_src_tmp",
+        "powa_databases_src_tmp",
+    ] {
+        total += count(
+            repo,
+            &format!("SELECT count(*) FROM {table} WHERE srvid = $1"),
+            srvid,
+        )
+        .await;
+    }
+    total
+}
+
+fn fleet() -> Fleet {
+    require_binaries().expect("PostgreSQL and PoWA installed");
+    Fleet::start(1).expect("fleet starts")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn first_snapshot_fills_every_history_table() {
+    let fleet = fleet();
+    let srvid = fleet.register(0, 30, None).unwrap();
+    fleet.workload(0, 2000).unwrap();
+    let mut repo = fleet.repository.client("powa").await.unwrap();
+    let mut remote = fleet.remotes[0].client("powa").await.unwrap();
+    let (seq_before, _, _) = metas(&repo, srvid).await;
+
+    let mut steps = Vec::new();
+    let report = take_snapshot(&mut repo, &mut remote, srvid, &mut |s| steps.push(s))
+        .await
+        .expect("snapshot");
+
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.rows >= 2000, "{report:?}");
+    assert_eq!(report.datasources, 7, "{steps:?}");
+    // pg_qualstats history needs the statements PoWA already knows (its
+    // snapshot function runs before the statements one): the second
+    // snapshot has them.
+    assert_history_filled(&repo, &remote, srvid, "qualstats").await;
+    let statements = count(
+        &repo,
+        "SELECT count(*) FROM powa_statements_history_current WHERE srvid = $1",
+        srvid,
+    )
+    .await;
+    assert!(statements >= 2000, "{statements} statements");
+    let (seq_after, errors, snapts) = metas(&repo, srvid).await;
+    assert_eq!(seq_after, seq_before + 1);
+    assert_eq!(errors, None);
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - snapts).abs() < 60.0, "snapts {snapts} now {now}");
+    assert_eq!(tmp_rows(&repo, srvid).await, 0, "tmp tables emptied");
+    assert!(matches!(
+        repository::last_snapshot(&repo, srvid).await.unwrap(),
+        LastSnapshot::At(_)
+    ));
+
+    fleet.workload(0, 2000).unwrap();
+    let second = take_snapshot(&mut repo, &mut remote, srvid, &mut |_| {})
+        .await
+        .expect("second snapshot");
+    assert!(second.errors.is_empty(), "{:?}", second.errors);
+    assert_history_filled(&repo, &remote, srvid, "no table is skipped").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_extension_is_recorded_and_the_rest_lands() {
+    let fleet = fleet();
+    let srvid = fleet.register(0, 30, None).unwrap();
+    fleet.workload(0, 50).unwrap();
+    fleet.remotes[0]
+        .psql("powa", "DROP EXTENSION pg_qualstats")
+        .unwrap();
+    let mut repo = fleet.repository.client("powa").await.unwrap();
+    let mut remote = fleet.remotes[0].client("powa").await.unwrap();
+
+    let report = take_snapshot(&mut repo, &mut remote, srvid, &mut |_| {})
+        .await
+        .expect("snapshot goes on");
+
+    // The qualstats source and its cleanup both fail.
+    assert_eq!(report.errors.len(), 2, "{:?}", report.errors);
+    assert!(
+        report.errors[0].contains("pg_qualstats"),
+        "{:?}",
+        report.errors
+    );
+    let (_, errors, _) = metas(&repo, srvid).await;
+    assert_eq!(errors.as_deref(), Some(&report.errors[..]));
+    assert_history_filled(&repo, &remote, srvid, "qualstats").await;
+    let qualstats = count(
+        &repo,
+        "SELECT count(*) FROM powa_qualstats_quals_history_current WHERE srvid = $1",
+        srvid,
+    )
+    .await;
+    assert_eq!(qualstats, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_killed_mid_snapshot_leaves_nothing_behind() {
+    let fleet = fleet();
+    let srvid = fleet.register(0, 30, None).unwrap();
+    fleet.workload(0, 200).unwrap();
+    let mut repo = fleet.repository.client("powa").await.unwrap();
+    let mut remote = fleet.remotes[0].client("powa").await.unwrap();
+    let (seq_before, _, snapts_before) = metas(&repo, srvid).await;
+
+    let victim = &fleet.remotes[0];
+    let mut done = 0;
+    let result = take_snapshot(&mut repo, &mut remote, srvid, &mut |step| {
+        if let Step::DatasourceDone { .. } = step {
+            done += 1;
+            if done == 2 {
+                victim.kill();
+            }
+        }
+    })
+    .await;
+
+    let err = result.expect_err("the snapshot must fail");
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(err.to_string().contains("remote server"), "{err}");
+    // A fresh session sees the repository as before the snapshot.
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert_eq!(tmp_rows(&repo, srvid).await, 0);
+    for (table, n) in history_counts(&repo, srvid).await {
+        assert_eq!(n, 0, "{table}");
+    }
+    let (seq_after, _, snapts_after) = metas(&repo, srvid).await;
+    assert_eq!(seq_after, seq_before);
+    assert_eq!(snapts_after, snapts_before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn powa_take_snapshot_raising_is_recorded() {
+    let fleet = fleet();
+    let srvid = fleet.register(0, 30, None).unwrap();
+    let mut repo = fleet.repository.client("powa").await.unwrap();
+    let mut remote = fleet.remotes[0].client("powa").await.unwrap();
+    repo.batch_execute(&format!(
+        "UPDATE powa_snapshot_metas SET errors = ARRAY['old error'] WHERE srvid = {srvid};
+         ALTER FUNCTION powa_take_snapshot(integer) RENAME TO powa_take_snapshot_real;
+         CREATE FUNCTION powa_take_snapshot(integer) RETURNS integer LANGUAGE plpgsql
+         AS $$ BEGIN RAISE EXCEPTION 'broken on purpose'; END $$;"
+    ))
+    .await
+    .unwrap();
+
+    let report = take_snapshot(&mut repo, &mut remote, srvid, &mut |_| {})
+        .await
+        .expect("the snapshot itself goes on");
+
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    assert!(report.errors[0].contains("broken on purpose"));
+    let (_, errors, _) = metas(&repo, srvid).await;
+    // The old error is gone (step 5 clears it), ours is there.
+    assert_eq!(errors, Some(report.errors.clone()));
+    // The copied data was committed in the same transaction.
+    assert!(tmp_rows(&repo, srvid).await > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bookkeeping_and_registration_checks() {
+    let fleet = fleet();
+    let srvid = fleet.register(0, 30, None).unwrap();
+    let repo = fleet.repository.client("powa").await.unwrap();
+    let remote = fleet.remotes[0].client("powa").await.unwrap();
+
+    assert_eq!(
+        repository::last_snapshot(&repo, srvid).await.unwrap(),
+        LastSnapshot::Never
+    );
+    assert_eq!(
+        repository::last_snapshot(&repo, 9999).await.unwrap(),
+        LastSnapshot::NotRegistered
+    );
+    let servers = repository::list_servers(&repo).await.unwrap();
+    assert_eq!(servers.len(), 1);
+    assert_eq!(servers[0].port, fleet.remotes[0].port());
+
+    repository::update_versions(&repo, &remote, srvid)
+        .await
+        .expect("bookkeeping");
+    let version: Option<String> = repo
+        .query_one("SELECT version FROM powa_servers WHERE id = $1", &[&srvid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(version.unwrap().starts_with("15."));
+    let exts = repo
+        .query(
+            "SELECT extname, version FROM powa_extensions WHERE srvid = $1 ORDER BY 1",
+            &[&srvid],
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = exts.iter().map(|r| r.get(0)).collect();
+    assert!(names.contains(&"hypopg".to_string()), "{names:?}");
+    assert!(exts.iter().all(|r| r.get::<_, Option<String>>(1).is_some()));
+
+    // A remote whose powa differs in major.minor is refused.
+    remote
+        .batch_execute("UPDATE pg_extension SET extversion = '4.0.1' WHERE extname = 'powa'")
+        .await
+        .unwrap();
+    let err = repository::update_versions(&repo, &remote, srvid)
+        .await
+        .expect_err("mismatch");
+    assert_eq!(err.kind(), ErrorKind::Setup);
+    assert!(err.to_string().contains("4.0.1"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_datasource_streams_in_bounded_memory() {
+    let fleet = fleet();
+    let srvid = fleet.register(0, 30, None).unwrap();
+    // 20 000 statements carrying 1 KB comments: about 20 MB of query text.
+    fleet.remotes[0]
+        .psql(
+            "powa",
+            &powa_fleet_harness::workload::workload_sql(20_000, 1024),
+        )
+        .unwrap();
+    let mut repo = fleet.repository.client("powa").await.unwrap();
+    let mut remote = fleet.remotes[0].client("powa").await.unwrap();
+
+    let before = peak_rss_kib();
+    let report = take_snapshot(&mut repo, &mut remote, srvid, &mut |_| {})
+        .await
+        .expect("snapshot");
+    let growth = peak_rss_kib().saturating_sub(before);
+    assert!(report.bytes > 20_000_000, "{} bytes", report.bytes);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(
+        growth < 32 * 1024,
+        "peak RSS grew by {growth} KiB while copying {} bytes",
+        report.bytes
+    );
+    eprintln!(
+        "copied {} bytes in {:?}, peak RSS growth {growth} KiB",
+        report.bytes, report.elapsed
+    );
+    let _ = Duration::ZERO;
+}
+
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
