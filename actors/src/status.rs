@@ -123,14 +123,10 @@ pub struct StatusActor {
     workers: BTreeMap<SrvId, WorkerReport>,
 }
 
+/// Snapshot actors report with `do_send`, which ignores the mailbox bound:
+/// a burst of reports never makes them wait.
 impl Actor for StatusActor {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        // Every snapshot actor reports here; a burst of reports must not
-        // make them wait.
-        ctx.set_mailbox_capacity(usize::MAX);
-    }
 }
 
 impl StatusActor {

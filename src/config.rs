@@ -1,0 +1,719 @@
+//! Configuration: built-in defaults < file < environment < command-line
+//! flags, merged with figment.
+//!
+//! The file is powa-fleet's TOML file (named by `--config` or
+//! `POWA_FLEET_CONFIG`), or, when none is named, the reference collector's
+//! JSON file found in its usual places, so that powa-fleet replaces it
+//! without new configuration. Every error names the file and the key and
+//! says what was expected; DSNs only ever appear redacted.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Json, Serialized, Toml};
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider};
+use powa_fleet_actors::connect::repository_config;
+use powa_fleet_actors::redact::{redact_dsn, Secret};
+use powa_fleet_actors::settings::Settings;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Prefix of the environment variables (`POWA_FLEET_LOG__LEVEL=debug`).
+pub const ENV_PREFIX: &str = "POWA_FLEET_";
+/// The environment variable naming the configuration file.
+pub const CONFIG_ENV: &str = "POWA_FLEET_CONFIG";
+
+/// Where the reference collector looks for its JSON file, in order.
+pub fn legacy_locations() -> Vec<PathBuf> {
+    let mut paths = vec![PathBuf::from("/etc/powa-collector.conf")];
+    if let Some(home) = std::env::var_os("HOME").map(PathBuf::from) {
+        paths.push(home.join(".config/powa-collector.conf"));
+        paths.push(home.join(".powa-collector.conf"));
+    }
+    paths.push(PathBuf::from("./powa-collector.conf"));
+    paths
+}
+
+/// The first existing file among `candidates`.
+pub fn find_legacy(candidates: &[PathBuf]) -> Option<PathBuf> {
+    candidates.iter().find(|p| p.is_file()).cloned()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    #[serde(alias = "warn")]
+    Warning,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn slog(self) -> slog::Level {
+        match self {
+            LogLevel::Error => slog::Level::Error,
+            LogLevel::Warning => slog::Level::Warning,
+            LogLevel::Info => slog::Level::Info,
+            LogLevel::Debug => slog::Level::Debug,
+            LogLevel::Trace => slog::Level::Trace,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Console,
+    Json,
+}
+
+/// The configuration file's schema.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Log at debug level (the reference collector's key).
+    #[serde(default)]
+    pub debug: bool,
+    /// Name servers by alias rather than `host:port` in logs and status.
+    #[serde(default)]
+    pub use_server_alias: bool,
+    #[serde(default)]
+    pub repository: RepositorySection,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
+    pub snapshots: SnapshotsSection,
+    #[serde(default)]
+    pub timeouts: TimeoutsSection,
+    #[serde(default)]
+    pub restart: RestartSection,
+    #[serde(default)]
+    pub shutdown: ShutdownSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositorySection {
+    /// libpq connection string of the repository database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dsn: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub level: LogLevel,
+    pub format: LogFormat,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            level: LogLevel::Info,
+            format: LogFormat::Console,
+            file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotsSection {
+    pub max_concurrent: usize,
+    pub worker_threads: usize,
+}
+
+impl Default for SnapshotsSection {
+    fn default() -> Self {
+        let d = Settings::default();
+        SnapshotsSection {
+            max_concurrent: d.max_concurrent_snapshots,
+            worker_threads: d.worker_threads,
+        }
+    }
+}
+
+/// Seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsSection {
+    pub connect: f64,
+    pub lock: f64,
+    pub statement: f64,
+    pub keepalive_idle: f64,
+}
+
+impl Default for TimeoutsSection {
+    fn default() -> Self {
+        let d = Settings::default();
+        TimeoutsSection {
+            connect: d.connect_timeout.as_secs_f64(),
+            lock: d.lock_timeout.as_secs_f64(),
+            statement: d.statement_timeout.as_secs_f64(),
+            keepalive_idle: d.keepalive_idle.as_secs_f64(),
+        }
+    }
+}
+
+/// Seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartSection {
+    pub backoff_min: f64,
+    pub backoff_max: f64,
+}
+
+impl Default for RestartSection {
+    fn default() -> Self {
+        let d = Settings::default();
+        RestartSection {
+            backoff_min: d.backoff_min.as_secs_f64(),
+            backoff_max: d.backoff_max.as_secs_f64(),
+        }
+    }
+}
+
+/// Seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSection {
+    pub grace: f64,
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        ShutdownSection {
+            grace: Settings::default().shutdown_grace.as_secs_f64(),
+        }
+    }
+}
+
+/// Values given on the command line; only those present override.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Flags {
+    pub repository_dsn: Option<String>,
+    pub debug: bool,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+    pub log_file: Option<PathBuf>,
+    pub max_concurrent_snapshots: Option<usize>,
+}
+
+impl Flags {
+    fn dict(&self) -> Dict {
+        let mut root = serde_json::Map::new();
+        let mut section = |name: &str, key: &str, value: serde_json::Value| {
+            let entry = root
+                .entry(name.to_string())
+                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            entry
+                .as_object_mut()
+                .expect("sections are objects")
+                .insert(key.to_string(), value);
+        };
+        if let Some(dsn) = &self.repository_dsn {
+            section("repository", "dsn", dsn.clone().into());
+        }
+        if let Some(level) = &self.log_level {
+            section("log", "level", level.clone().into());
+        }
+        if let Some(format) = &self.log_format {
+            section("log", "format", format.clone().into());
+        }
+        if let Some(file) = &self.log_file {
+            section("log", "file", file.display().to_string().into());
+        }
+        if let Some(n) = self.max_concurrent_snapshots {
+            section("snapshots", "max_concurrent", n.into());
+        }
+        if self.debug {
+            root.insert("debug".into(), true.into());
+        }
+        Serialized::defaults(serde_json::Value::Object(root))
+            .data()
+            .ok()
+            .and_then(|mut m| m.remove(&Profile::Default))
+            .unwrap_or_default()
+    }
+}
+
+/// What a (re)load reads: the same file, environment and flags each time.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `--config`, else `POWA_FLEET_CONFIG` at load time.
+    pub config: Option<PathBuf>,
+    pub flags: Flags,
+    /// Where to look for the reference's JSON file when no file is named.
+    pub legacy: Vec<PathBuf>,
+}
+
+impl Sources {
+    pub fn new(config: Option<PathBuf>, flags: Flags) -> Sources {
+        Sources {
+            config,
+            flags,
+            legacy: legacy_locations(),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {reason}")]
+    Unreadable { path: String, reason: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("invalid configuration{}: key `{key}` {problem}", in_file(.file))]
+    BadValue {
+        file: Option<String>,
+        key: &'static str,
+        problem: String,
+    },
+    #[error("no repository configured: set `repository.dsn` in a configuration file \
+             (--config or {CONFIG_ENV}), in {ENV_PREFIX}REPOSITORY__DSN, or with --repository-dsn{}", looked(.looked_in))]
+    MissingDsn { looked_in: Vec<String> },
+    #[error("cannot open log file {path}: {reason}")]
+    LogFile { path: String, reason: String },
+}
+
+fn in_file(file: &Option<String>) -> String {
+    file.as_ref()
+        .map(|f| format!(" in {f}"))
+        .unwrap_or_default()
+}
+
+fn looked(paths: &[String]) -> String {
+    if paths.is_empty() {
+        String::new()
+    } else {
+        format!(" (no file found in {})", paths.join(", "))
+    }
+}
+
+/// Built-in defaults, named so `powa-fleet config` can say so.
+struct Defaults;
+
+impl Provider for Defaults {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("built-in default")
+    }
+
+    fn data(&self) -> figment::Result<Map<Profile, Dict>> {
+        Serialized::defaults(Config::default()).data()
+    }
+}
+
+struct FlagsProvider(Dict);
+
+impl Provider for FlagsProvider {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("command-line flag")
+    }
+
+    fn data(&self) -> figment::Result<Map<Profile, Dict>> {
+        Ok(Map::from([(Profile::Default, self.0.clone())]))
+    }
+}
+
+/// A loaded, validated configuration and where each value came from.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// The file read, if any.
+    pub file: Option<PathBuf>,
+    figment: Figment,
+}
+
+/// Read and validate the configuration.
+pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
+    let named = sources
+        .config
+        .clone()
+        .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
+    let file = match &named {
+        Some(path) => {
+            // figment treats a missing file as empty: a named file must exist.
+            std::fs::read(path).map_err(|e| ConfigError::Unreadable {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            Some(path.clone())
+        }
+        None => find_legacy(&sources.legacy),
+    };
+    let mut figment = Figment::from(Defaults);
+    if let Some(path) = &file {
+        let json = path.extension().is_some_and(|e| e == "json")
+            || (named.is_none() && path.file_name().is_some_and(|n| n == "powa-collector.conf"));
+        figment = if json {
+            figment.merge(Json::file(path))
+        } else {
+            figment.merge(Toml::file(path))
+        };
+    }
+    figment = figment
+        .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"))
+        .merge(FlagsProvider(sources.flags.dict()));
+
+    let file_name = file.as_ref().map(|p| p.display().to_string());
+    let config: Config = figment
+        .extract()
+        .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+    validate(&config, &figment, file_name)?;
+    if config.repository.dsn.is_none() {
+        return Err(ConfigError::MissingDsn {
+            looked_in: if named.is_none() {
+                sources
+                    .legacy
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        });
+    }
+    Ok(Loaded {
+        config,
+        file,
+        figment,
+    })
+}
+
+/// figment's error, one line per problem, with the source of the value.
+fn describe_figment_error(err: figment::Error) -> String {
+    err.into_iter()
+        .map(|e| {
+            let mut text = e.to_string();
+            // Values are not echoed for the DSN (it may hold a password).
+            if e.path.iter().any(|p| p == "dsn") {
+                text = format!("key `repository.dsn`: {}", kind_without_value(&e.kind));
+                if let Some(source) = e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                    text.push_str(&format!(" in {source}"));
+                }
+            }
+            text
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn kind_without_value(kind: &figment::error::Kind) -> String {
+    use figment::error::Kind;
+    match kind {
+        Kind::InvalidType(_, expected) => format!("invalid type, expected {expected}"),
+        other => other.to_string(),
+    }
+}
+
+/// Checks serde cannot express; the error names the key and its source.
+fn validate(config: &Config, figment: &Figment, file: Option<String>) -> Result<(), ConfigError> {
+    let source_of = |key: &str| -> Option<String> {
+        figment
+            .find_metadata(key)
+            .map(|m| source_label(key, m))
+            .or_else(|| file.clone())
+    };
+    let bad = |key: &'static str, problem: String| ConfigError::BadValue {
+        file: source_of(key),
+        key,
+        problem,
+    };
+    if let Some(dsn) = &config.repository.dsn {
+        if let Err(e) = repository_config(dsn) {
+            return Err(bad("repository.dsn", format!("does not parse: {e}")));
+        }
+    }
+    if config.snapshots.max_concurrent == 0 {
+        return Err(bad(
+            "snapshots.max_concurrent",
+            "must be at least 1".to_string(),
+        ));
+    }
+    let seconds: [(&'static str, f64, bool); 7] = [
+        ("timeouts.connect", config.timeouts.connect, false),
+        ("timeouts.lock", config.timeouts.lock, false),
+        ("timeouts.statement", config.timeouts.statement, true),
+        (
+            "timeouts.keepalive_idle",
+            config.timeouts.keepalive_idle,
+            false,
+        ),
+        ("restart.backoff_min", config.restart.backoff_min, false),
+        ("restart.backoff_max", config.restart.backoff_max, false),
+        ("shutdown.grace", config.shutdown.grace, true),
+    ];
+    for (key, value, zero_ok) in seconds {
+        if !value.is_finite() || value < 0.0 || (!zero_ok && value == 0.0) || value > 1e9 {
+            let expected = if zero_ok {
+                "a number of seconds, 0 or more"
+            } else {
+                "a number of seconds greater than 0"
+            };
+            return Err(bad(key, format!("is {value}, expected {expected}")));
+        }
+    }
+    if config.restart.backoff_min > config.restart.backoff_max {
+        return Err(bad(
+            "restart.backoff_min",
+            format!(
+                "({}) must not exceed restart.backoff_max ({})",
+                config.restart.backoff_min, config.restart.backoff_max
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// "file /etc/x.toml", "environment variable POWA_FLEET_LOG__LEVEL", …
+fn source_label(key: &str, metadata: &Metadata) -> String {
+    if metadata.name.contains("environment") {
+        format!(
+            "environment variable {ENV_PREFIX}{}",
+            key.replace('.', "__").to_uppercase()
+        )
+    } else if let Some(source) = &metadata.source {
+        format!("file {source}")
+    } else {
+        metadata.name.to_string()
+    }
+}
+
+fn secs(value: f64) -> Duration {
+    Duration::from_secs_f64(value)
+}
+
+impl Loaded {
+    /// The engine's settings.
+    pub fn settings(&self) -> Settings {
+        let c = &self.config;
+        Settings {
+            repository_dsn: Secret::new(c.repository.dsn.clone().unwrap_or_default()),
+            use_server_alias: c.use_server_alias,
+            max_concurrent_snapshots: c.snapshots.max_concurrent,
+            connect_timeout: secs(c.timeouts.connect),
+            lock_timeout: secs(c.timeouts.lock),
+            statement_timeout: secs(c.timeouts.statement),
+            keepalive_idle: secs(c.timeouts.keepalive_idle),
+            backoff_min: secs(c.restart.backoff_min),
+            backoff_max: secs(c.restart.backoff_max),
+            shutdown_grace: secs(c.shutdown.grace),
+            worker_threads: c.snapshots.worker_threads,
+        }
+    }
+
+    /// `debug = true` wins over `log.level`, like the reference's key.
+    pub fn log_level(&self) -> slog::Level {
+        if self.config.debug {
+            slog::Level::Debug
+        } else {
+            self.config.log.level.slog()
+        }
+    }
+
+    /// `key = value  # from source` lines, secrets redacted.
+    pub fn describe(&self) -> String {
+        let value = serde_json::to_value(&self.config).expect("config serialises");
+        let mut lines = Vec::new();
+        flatten("", &value, &mut |key, value| {
+            let shown = if key == "repository.dsn" {
+                serde_json::Value::String(redact_dsn(value.as_str().unwrap_or_default()))
+            } else {
+                value.clone()
+            };
+            let source = self
+                .figment
+                .find_metadata(key)
+                .map(|m| source_label(key, m))
+                .unwrap_or_else(|| "built-in default".to_string());
+            lines.push(format!("{key} = {shown}  # from {source}"));
+        });
+        lines.join("\n")
+    }
+}
+
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut dyn FnMut(&str, &serde_json::Value)) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        other => out(prefix, other),
+    }
+}
+
+/// Where a path points, for messages.
+pub fn display(path: &Path) -> String {
+    path.display().to_string()
+}
+
+#[cfg(test)]
+// figment's Jail closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn sources(config: Option<&str>, flags: Flags) -> Sources {
+        Sources {
+            config: config.map(PathBuf::from),
+            flags,
+            legacy: vec![],
+        }
+    }
+
+    #[test]
+    fn precedence_default_file_env_flag() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "fleet.toml",
+                r#"
+                use_server_alias = true
+                [repository]
+                dsn = "host=file dbname=powa"
+                [snapshots]
+                max_concurrent = 3
+                [log]
+                level = "warning"
+                "#,
+            )?;
+            jail.set_env("POWA_FLEET_SNAPSHOTS__MAX_CONCURRENT", "5");
+            jail.set_env("POWA_FLEET_LOG__LEVEL", "error");
+            let flags = Flags {
+                log_level: Some("debug".into()),
+                ..Flags::default()
+            };
+            let loaded = load(&sources(Some("fleet.toml"), flags)).unwrap();
+            let c = &loaded.config;
+            assert!(c.use_server_alias); // file over default
+            assert_eq!(c.snapshots.max_concurrent, 5); // env over file
+            assert_eq!(c.log.level, LogLevel::Debug); // flag over env
+            assert_eq!(c.timeouts.lock, 2.0); // default
+            let text = loaded.describe();
+            assert!(text.contains("snapshots.max_concurrent = 5  # from environment variable POWA_FLEET_SNAPSHOTS__MAX_CONCURRENT"), "{text}");
+            assert!(
+                text.contains("log.level = \"debug\"  # from command-line flag"),
+                "{text}"
+            );
+            assert!(
+                text.contains("use_server_alias = true  # from file"),
+                "{text}"
+            );
+            assert!(
+                text.contains("timeouts.lock = 2.0  # from built-in default"),
+                "{text}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn legacy_json_is_found_in_order() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "second.conf",
+                r#"{"repository": {"dsn": "host=second"}, "debug": true}"#,
+            )?;
+            jail.create_file("third.conf", r#"{"repository": {"dsn": "host=third"}}"#)?;
+            let dir = jail.directory().to_path_buf();
+            let candidates = vec![
+                dir.join("missing.conf"),
+                dir.join("second.conf"),
+                dir.join("third.conf"),
+            ];
+            assert_eq!(find_legacy(&candidates), Some(dir.join("second.conf")));
+            // The reference's file name is read as JSON.
+            std::fs::copy(dir.join("second.conf"), dir.join("powa-collector.conf")).unwrap();
+            let loaded = load(&Sources {
+                config: None,
+                flags: Flags::default(),
+                legacy: vec![dir.join("missing.conf"), dir.join("powa-collector.conf")],
+            })
+            .unwrap();
+            assert_eq!(loaded.config.repository.dsn.as_deref(), Some("host=second"));
+            assert_eq!(loaded.log_level(), slog::Level::Debug);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_file() {
+        Jail::expect_with(|jail| {
+            let cases = [
+                (
+                    "[repository]\ndsn = 'host=a'\n[snapshots]\nmax_concurent = 3\n",
+                    "max_concurent",
+                ),
+                (
+                    "[repository]\ndsn = 'host=a'\n[snapshots]\nmax_concurrent = 'many'\n",
+                    "max_concurrent",
+                ),
+                (
+                    "[repository]\ndsn = 'host=a'\n[snapshots]\nmax_concurrent = 0\n",
+                    "snapshots.max_concurrent",
+                ),
+                (
+                    "[repository]\ndsn = 'host=a'\n[restart]\nbackoff_min = 10\nbackoff_max = 5\n",
+                    "restart.backoff_min",
+                ),
+                (
+                    "[repository]\ndsn = 'host=a'\n[log]\nlevel = 'loud'\n",
+                    "loud",
+                ),
+                (
+                    "[repository]\ndsn = 'host=a password=hunter2 port=notaport'\n",
+                    "repository.dsn",
+                ),
+                ("[repository\ndsn = 'x'\n", "fleet.toml"),
+            ];
+            for (text, needle) in cases {
+                jail.create_file("fleet.toml", text)?;
+                let err = load(&sources(Some("fleet.toml"), Flags::default())).unwrap_err();
+                let message = err.to_string();
+                assert!(message.contains(needle), "{text:?} → {message}");
+                assert!(message.contains("fleet.toml"), "{text:?} → {message}");
+                assert!(!message.contains("hunter2"), "{message}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_dsn_or_file_is_an_error() {
+        Jail::expect_with(|_| {
+            let err = load(&sources(None, Flags::default())).unwrap_err();
+            assert!(matches!(err, ConfigError::MissingDsn { .. }), "{err}");
+            let err = load(&sources(Some("nope.toml"), Flags::default())).unwrap_err();
+            assert!(err.to_string().contains("nope.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn settings_follow_the_configuration() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "fleet.toml",
+                "[repository]\ndsn = 'host=a'\n[timeouts]\nconnect = 2.5\n[shutdown]\ngrace = 7\n",
+            )?;
+            let settings = load(&sources(Some("fleet.toml"), Flags::default()))
+                .unwrap()
+                .settings();
+            assert_eq!(settings.connect_timeout, Duration::from_millis(2500));
+            assert_eq!(settings.shutdown_grace, Duration::from_secs(7));
+            assert_eq!(settings.repository_dsn.expose(), "host=a");
+            Ok(())
+        });
+    }
+}
