@@ -168,7 +168,9 @@ impl Handler<Connect> for Listener {
             ctx.add_stream(poll_fn(move |cx| connection.poll_message(cx)));
             let client = Rc::new(client);
             let setup = client.clone();
-            ctx.wait(
+            // Spawned, not waited for: a waiting future would keep the
+            // context from polling the stream that drives this very query.
+            ctx.spawn(
                 async move {
                     setup
                         .batch_execute(&format!(

@@ -183,6 +183,13 @@ pub async fn take_snapshot(
             .map_err(repo("recording errors"))?;
     }
     repo_tx.commit().await.map_err(repo("committing"))?;
+    // powa_take_snapshot renames the session; give the pooled session its
+    // own name back (RESET restores the one set at connection).
+    if let Err(e) = repo_client.batch_execute("RESET application_name").await {
+        report
+            .warnings
+            .push(format!("resetting application_name: {}", pg_message(&e)));
+    }
     // The repository side is done; a remote that vanishes now only loses
     // the cleanup's effect, which the next snapshot copes with.
     if let Err(e) = remote_tx.commit().await {

@@ -1,0 +1,420 @@
+//! The daemon as a DBA runs it: a real repository and remote servers, the
+//! powa-fleet binary, commands sent through NOTIFY the way powa-web sends
+//! them, signals, and what ends up in the repository.
+
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use powa_fleet_harness::daemon::{eventually, Daemon, Requester};
+use powa_fleet_harness::{require_binaries, Fleet};
+use tokio_postgres::Client;
+
+const BIN: &str = env!("CARGO_BIN_EXE_powa-fleet");
+
+/// Short backoffs and grace so failures and stops show quickly.
+const FAST: &str = "[restart]\nbackoff_min = 0.2\nbackoff_max = 2\n[shutdown]\ngrace = 3\n";
+
+fn fleet(remotes: usize) -> Fleet {
+    require_binaries().expect("PostgreSQL and PoWA installed");
+    Fleet::start(remotes).expect("fleet starts")
+}
+
+async fn coalesce_seq(repo: &Client, srvid: i32) -> i64 {
+    repo.query_one(
+        "SELECT coalesce_seq FROM powa_snapshot_metas WHERE srvid = $1",
+        &[&srvid],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+async fn snapshots_reach(repo: &Client, srvid: i32, seq: i64, timeout: Duration) -> bool {
+    eventually(timeout, || async { coalesce_seq(repo, srvid).await >= seq }).await
+}
+
+async fn collector_sessions(client: &Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name LIKE 'powa-fleet%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn start(fleet: &Fleet, extra: &str) -> Daemon {
+    Daemon::start(Path::new(BIN), &fleet.repository_dsn(), extra).expect("daemon starts")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn collects_reloads_stops_servers_and_exits_cleanly() {
+    let fleet = fleet(2);
+    let first = fleet.register(0, 5, None).unwrap();
+    fleet.workload(0, 200).unwrap();
+    let mut daemon = start(&fleet, FAST);
+    let repo = fleet.repository.client("powa").await.unwrap();
+    let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
+
+    assert!(
+        snapshots_reach(&repo, first, 2, Duration::from_secs(20)).await,
+        "first snapshot never came:\n{}",
+        daemon.log()
+    );
+    let answer = client
+        .ask("WORKERS_STATUS", "", Duration::from_secs(3))
+        .await
+        .unwrap_or_else(|| panic!("no answer:\n{}", daemon.log()));
+    assert_eq!(
+        answer,
+        format!("WORKERS_STATUS OK {{\"{first}\": \"running\"}}")
+    );
+
+    // A server registered later is collected after RELOAD.
+    let second = fleet.register(1, 5, Some("second")).unwrap();
+    let answer = client.ask("RELOAD", "", Duration::from_secs(10)).await;
+    assert_eq!(answer.as_deref(), Some("RELOAD OK OK"));
+    assert!(
+        snapshots_reach(&repo, second, 2, Duration::from_secs(20)).await,
+        "second server never snapshotted:\n{}",
+        daemon.log()
+    );
+    let answer = client
+        .ask(
+            "WORKERS_STATUS",
+            &second.to_string(),
+            Duration::from_secs(3),
+        )
+        .await;
+    assert_eq!(
+        answer,
+        Some(format!("WORKERS_STATUS OK {{\"{second}\": \"running\"}}"))
+    );
+
+    // Deactivated and reloaded: its actor is gone, no more snapshots.
+    repo.execute("SELECT powa_deactivate_server($1)", &[&first])
+        .await
+        .unwrap();
+    daemon.signal(Signal::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let answer = Requester::connect(&fleet.repository_dsn())
+                .await
+                .unwrap()
+                .ask("WORKERS_STATUS", "", Duration::from_secs(3))
+                .await
+                .unwrap_or_default();
+            !answer.contains(&format!("\"{first}\""))
+        })
+        .await,
+        "deactivated server still listed:\n{}",
+        daemon.log()
+    );
+    let frozen = coalesce_seq(&repo, first).await;
+    let still_going = coalesce_seq(&repo, second).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(
+        coalesce_seq(&repo, first).await,
+        frozen,
+        "deactivated server snapshotted"
+    );
+    assert!(
+        coalesce_seq(&repo, second).await > still_going,
+        "active server stopped"
+    );
+
+    // SIGTERM: exit 0 within the grace period, no session left anywhere.
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon
+        .wait_exit(Duration::from_secs(6))
+        .expect("exits in time");
+    assert!(status.success(), "{status:?}\n{}", daemon.log());
+    for cluster in std::iter::once(&fleet.repository).chain(&fleet.remotes) {
+        let c = cluster.client("powa").await.unwrap();
+        assert!(
+            eventually(Duration::from_secs(3), || async {
+                collector_sessions(&c).await == 0
+            })
+            .await,
+            "sessions left on {}",
+            cluster.port()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_commands_get_answers_and_change_nothing() {
+    let fleet = fleet(1);
+    let srvid = fleet.register(0, 5, None).unwrap();
+    let mut daemon = start(&fleet, FAST);
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert!(snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await);
+    let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
+    let t = Duration::from_secs(3);
+
+    let answer = client.ask("WORKERS_STATUS", "abc", t).await.unwrap();
+    assert!(answer.starts_with("WORKERS_STATUS ERROR "), "{answer}");
+    let answer = client.ask("WORKERS_STATUS", "-1", t).await.unwrap();
+    assert!(answer.starts_with("WORKERS_STATUS ERROR "), "{answer}");
+    let answer = client.ask("WORKERS_STATUS", "999", t).await.unwrap();
+    assert_eq!(answer, "WORKERS_STATUS OK {}");
+    let answer = client.ask("FOO", "", t).await.unwrap();
+    assert!(answer.starts_with("FOO UNKNOWN"), "{answer}");
+    let answer = client.ask("FORCE_SNAPSHOT", "999", t).await.unwrap();
+    assert!(answer.starts_with("FORCE_SNAPSHOT ERROR "), "{answer}");
+    let answer = client.ask("FORCE_SNAPSHOT", "", t).await.unwrap();
+    assert!(answer.starts_with("FORCE_SNAPSHOT ERROR "), "{answer}");
+
+    // Channels the reference choked on: quotes, braces; SQL in the payload.
+    for channel in ["we\"ird", "{x}", "a'b"] {
+        client.listen(channel).await.unwrap();
+        client
+            .notify(&format!("WORKERS_STATUS {channel}"))
+            .await
+            .unwrap();
+        let answer = client.next_on(channel, t).await;
+        assert_eq!(
+            answer,
+            Some(format!("WORKERS_STATUS OK {{\"{srvid}\": \"running\"}}")),
+            "channel {channel}"
+        );
+    }
+    client
+        .notify("RELOAD x'; CREATE TABLE injected(); --")
+        .await
+        .unwrap();
+    // Empty, channel-less and oversized payloads: no answer possible.
+    client.notify("").await.unwrap();
+    client.notify("RELOAD").await.unwrap();
+    client
+        .notify(&format!("WORKERS_STATUS {}", "c".repeat(7900)))
+        .await
+        .unwrap();
+
+    // A burst: every request answered.
+    let channel = Requester::new_channel();
+    client.listen(&channel).await.unwrap();
+    for _ in 0..100 {
+        client
+            .notify(&format!("WORKERS_STATUS {channel}"))
+            .await
+            .unwrap();
+    }
+    let mut answered = 0;
+    while client.next_on(&channel, t).await.is_some() {
+        answered += 1;
+        if answered == 100 {
+            break;
+        }
+    }
+    assert_eq!(answered, 100);
+
+    // Forced snapshot: accepted once, refused while pending or too recent.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let answer = client
+        .ask("FORCE_SNAPSHOT", &srvid.to_string(), t)
+        .await
+        .unwrap();
+    assert!(
+        answer == "FORCE_SNAPSHOT OK Snapshot in progress"
+            || answer == "FORCE_SNAPSHOT OK Snapshot will begin shortly"
+            || answer.contains("less than 10 seconds"),
+        "{answer}"
+    );
+    let answer = client
+        .ask("FORCE_SNAPSHOT", &srvid.to_string(), t)
+        .await
+        .unwrap();
+    assert!(answer.starts_with("FORCE_SNAPSHOT ERROR "), "{answer}");
+
+    let injected: i64 = repo
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname = 'injected'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(injected, 0);
+    assert!(daemon.is_alive(), "{}", daemon.log());
+    let seq = coalesce_seq(&repo, srvid).await;
+    assert!(snapshots_reach(&repo, srvid, seq + 1, Duration::from_secs(15)).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_without_permission_is_refused() {
+    let fleet = fleet(1);
+    let srvid = fleet.register(0, 5, None).unwrap();
+    fleet
+        .repository
+        .psql("powa", "CREATE ROLE nobody LOGIN")
+        .unwrap();
+    let daemon = start(&fleet, FAST);
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert!(snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await);
+
+    let dsn = fleet
+        .repository_dsn()
+        .replace("user=postgres", "user=nobody");
+    let mut nobody = Requester::connect(&dsn).await.unwrap();
+    let t = Duration::from_secs(3);
+    for (command, args) in [
+        ("WORKERS_STATUS", ""),
+        ("RELOAD", ""),
+        ("FORCE_SNAPSHOT", "1"),
+    ] {
+        let answer = nobody.ask(command, args, t).await;
+        assert_eq!(answer, Some(format!("{command} ERROR Permission denied")));
+    }
+    fleet
+        .repository
+        .psql("powa", "GRANT pg_signal_backend TO nobody")
+        .unwrap();
+    let answer = nobody.ask("WORKERS_STATUS", "", t).await.unwrap();
+    assert!(answer.starts_with("WORKERS_STATUS OK"), "{answer}");
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn survives_a_repository_restart() {
+    let fleet = fleet(1);
+    let srvid = fleet.register(0, 5, None).unwrap();
+    let mut daemon = start(&fleet, FAST);
+    {
+        let repo = fleet.repository.client("powa").await.unwrap();
+        assert!(snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await);
+    }
+    fleet.repository.stop_immediate().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    fleet.repository.start_again().unwrap();
+
+    let answered = eventually(Duration::from_secs(20), || async {
+        match Requester::connect(&fleet.repository_dsn()).await {
+            Ok(mut c) => c
+                .ask("WORKERS_STATUS", "", Duration::from_secs(1))
+                .await
+                .is_some(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(answered, "no answer after the restart:\n{}", daemon.log());
+    let repo = fleet.repository.client("powa").await.unwrap();
+    let seq = coalesce_seq(&repo, srvid).await;
+    assert!(
+        snapshots_reach(&repo, srvid, seq + 1, Duration::from_secs(20)).await,
+        "snapshots did not resume:\n{}",
+        daemon.log()
+    );
+    assert!(daemon.is_alive());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_server_is_reported_without_its_password() {
+    let fleet = fleet(1);
+    let good = fleet.register(0, 5, None).unwrap();
+    let password = "Pw-never-in-logs-4711";
+    fleet
+        .repository
+        .psql(
+            "powa",
+            &format!(
+                "SELECT powa_register_server(hostname => '127.0.0.1', port => 1, \
+                 username => 'powa', password => '{password}', frequency => 5)"
+            ),
+        )
+        .unwrap();
+    let bad: i32 = fleet
+        .repository
+        .psql("powa", "SELECT id FROM powa_servers WHERE port = 1")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut daemon = start(&fleet, FAST);
+    let repo = fleet.repository.client("powa").await.unwrap();
+
+    let recorded = eventually(Duration::from_secs(15), || async {
+        let errors: Option<Vec<String>> = repo
+            .query_one(
+                "SELECT errors FROM powa_snapshot_metas WHERE srvid = $1",
+                &[&bad],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        errors.is_some_and(|e| e.iter().any(|m| m.contains("could not connect")))
+    })
+    .await;
+    assert!(recorded, "error not recorded:\n{}", daemon.log());
+    let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
+    let status = client
+        .ask("WORKERS_STATUS", "", Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(
+        status.contains(&format!("\"{good}\": \"running\"")),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("\"{bad}\": \"no connection to remote server\"")),
+        "{status}"
+    );
+    // The good server keeps its rhythm meanwhile.
+    assert!(snapshots_reach(&repo, good, 3, Duration::from_secs(20)).await);
+
+    let errors: String = repo
+        .query_one(
+            "SELECT coalesce(array_to_string(errors, ' '), '') FROM powa_snapshot_metas WHERE srvid = $1",
+            &[&bad],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!errors.contains(password), "{errors}");
+    assert!(!status.contains(password));
+    daemon.signal(Signal::SIGTERM);
+    daemon.wait_exit(Duration::from_secs(6));
+    let log = daemon.log();
+    assert!(log.contains("could not connect"), "{log}");
+    assert!(!log.contains(password), "password in the log:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refuses_to_start_on_an_unusable_repository() {
+    require_binaries().expect("PostgreSQL and PoWA installed");
+    // Nothing listens on port 1.
+    let mut daemon = Daemon::start(
+        Path::new(BIN),
+        "host=127.0.0.1 port=1 dbname=powa user=powa password=Pw-start-9",
+        "[timeouts]\nconnect = 2\n",
+    )
+    .unwrap();
+    let status = daemon.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(1));
+    let log = daemon.log();
+    assert!(
+        log.contains("cannot start") && log.contains("127.0.0.1:1"),
+        "{log}"
+    );
+    assert!(!log.contains("Pw-start-9"), "{log}");
+
+    // PoWA older than 4.1.
+    let repository =
+        powa_fleet_harness::Cluster::start(powa_fleet_harness::fleet::repository_options())
+            .unwrap();
+    repository.psql("postgres", "CREATE DATABASE powa").unwrap();
+    repository
+        .psql(
+            "powa",
+            "CREATE EXTENSION pg_stat_statements; CREATE EXTENSION btree_gist; \
+             CREATE EXTENSION powa VERSION '4.0.1'",
+        )
+        .unwrap();
+    let mut daemon = Daemon::start(Path::new(BIN), &repository.dsn("powa"), "").unwrap();
+    let status = daemon.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(1));
+    assert!(daemon.log().contains("4.0.1"), "{}", daemon.log());
+}
