@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod error;
 pub mod fleet;
 pub mod pgbin;
+pub mod reference;
 pub mod workload;
 
 pub use cluster::{Cluster, ClusterOptions};

@@ -1,0 +1,84 @@
+//! The reference collector (Debian's `powa-collector`), run beside
+//! powa-fleet in compatibility tests and benchmarks. It only reads its JSON
+//! configuration from fixed places; the launcher points that list at a
+//! private file instead, leaving the system's file alone.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use crate::error::HarnessError;
+
+/// Where Debian installs the reference collector's Python package.
+pub const PACKAGE_DIR: &str = "/usr/lib/python3/dist-packages/powa_collector";
+
+const LAUNCHER: &str = "import sys\n\
+import powa_collector.options as options\n\
+options.CONF_LOCATIONS = [sys.argv[1]]\n\
+from powa_collector import PowaCollector\n\
+PowaCollector().main()\n";
+
+/// A running reference collector, killed when dropped.
+pub struct Reference {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Reference {
+    /// Is the reference collector installed?
+    pub fn available() -> bool {
+        Path::new(PACKAGE_DIR).is_dir() && Path::new("/usr/bin/python3").exists()
+    }
+
+    pub fn start(repository_dsn: &str) -> Result<Reference, HarnessError> {
+        let dir = tempfile::tempdir().map_err(|e| HarnessError::io("reference dir", e))?;
+        let config = dir.path().join("powa-collector.conf");
+        let json = format!(
+            "{{\"repository\": {{\"dsn\": \"{}\"}}, \"debug\": false}}",
+            repository_dsn.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+        std::fs::write(&config, json).map_err(|e| HarnessError::io("reference config", e))?;
+        let log = std::fs::File::create(dir.path().join("reference.log"))
+            .map_err(|e| HarnessError::io("reference log", e))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| HarnessError::io("reference log", e))?;
+        let child = Command::new("/usr/bin/python3")
+            .args(["-c", LAUNCHER])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| HarnessError::io("starting the reference collector", e))?;
+        Ok(Reference { child, dir })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("reference.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// User + system CPU seconds a process has used so far (Linux).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // After the command name: state is field 3; utime and stime are 14, 15.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    Some((utime + stime) / ticks)
+}
