@@ -152,15 +152,13 @@ fn usage_version_and_help() {
 fn the_sample_configurations_load() {
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for sample in ["conf/powa-fleet.toml"] {
-        let path = root.join(sample);
-        let out = run(
-            dir.path(),
-            &["--config", path.to_str().unwrap(), "config"],
-            &[],
-        );
-        assert!(out.status.success(), "{sample}: {}", stderr(&out));
-    }
+    let sample = root.join("conf/powa-fleet.toml");
+    let out = run(
+        dir.path(),
+        &["--config", sample.to_str().unwrap(), "config"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
     // The reference's file, found where the reference looks (here the
     // working directory).
     std::fs::copy(

@@ -116,8 +116,9 @@ impl Cluster {
             format!("unix_socket_directories = '{}'", dir.path().display()),
             "shared_buffers = 16MB".to_string(),
             "max_connections = 200".to_string(),
+            // Speed without lying about commits: synchronous_commit stays
+            // on, so a killed cluster keeps every committed transaction.
             "fsync = off".to_string(),
-            "synchronous_commit = off".to_string(),
             "full_page_writes = off".to_string(),
             "log_min_messages = warning".to_string(),
             "log_line_prefix = '%m [%p] %q%u@%d '".to_string(),
