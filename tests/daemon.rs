@@ -418,3 +418,78 @@ async fn refuses_to_start_on_an_unusable_repository() {
     assert_eq!(status.code(), Some(1));
     assert!(daemon.log().contains("4.0.1"), "{}", daemon.log());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_server_is_detected_and_the_others_keep_their_rhythm() {
+    let fleet = fleet(2);
+    let frozen = fleet.register(0, 5, None).unwrap();
+    let healthy = fleet.register(1, 5, None).unwrap();
+    let config = format!("{FAST}[timeouts]\nconnect = 2\nstatement = 2\n");
+    let daemon = start(&fleet, &config);
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert!(snapshots_reach(&repo, frozen, 2, Duration::from_secs(20)).await);
+
+    fleet.remotes[0].freeze();
+    let reported = eventually(Duration::from_secs(20), || async {
+        let errors: Option<Vec<String>> = repo
+            .query_one(
+                "SELECT errors FROM powa_snapshot_metas WHERE srvid = $1",
+                &[&frozen],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        errors.is_some_and(|e| e.iter().any(|m| m.contains("not answering")))
+    })
+    .await;
+    let seq = coalesce_seq(&repo, healthy).await;
+    let kept = snapshots_reach(&repo, healthy, seq + 2, Duration::from_secs(15)).await;
+    fleet.remotes[0].thaw();
+    assert!(reported, "freeze not reported:\n{}", daemon.log());
+    assert!(
+        kept,
+        "the healthy server lost its rhythm:\n{}",
+        daemon.log()
+    );
+    // Back to normal after the thaw.
+    let seq = coalesce_seq(&repo, frozen).await;
+    assert!(
+        snapshots_reach(&repo, frozen, seq + 1, Duration::from_secs(30)).await,
+        "no recovery after thaw:\n{}",
+        daemon.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_without_metas_row_is_reported_not_collected() {
+    let fleet = fleet(1);
+    let srvid = fleet.register(0, 5, None).unwrap();
+    fleet
+        .repository
+        .psql(
+            "powa",
+            &format!("DELETE FROM powa_snapshot_metas WHERE srvid = {srvid}"),
+        )
+        .unwrap();
+    let daemon = start(&fleet, FAST);
+    let dsn = fleet.repository_dsn();
+    let reported = eventually(Duration::from_secs(10), || async {
+        let mut client = Requester::connect(&dsn).await.unwrap();
+        client
+            .ask("WORKERS_STATUS", "", Duration::from_secs(2))
+            .await
+            .is_some_and(|a| a.contains("not registered properly"))
+    })
+    .await;
+    assert!(reported, "{}", daemon.log());
+    let history: i64 = fleet
+        .repository
+        .psql(
+            "powa",
+            &format!("SELECT count(*) FROM powa_statements_history_current WHERE srvid = {srvid}"),
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(history, 0);
+}

@@ -314,6 +314,36 @@ async fn guarded<T>(
     }
 }
 
+/// Bounds work on servers that may stop answering: a frozen server keeps
+/// TCP alive and never reaches its own statement_timeout, so only a
+/// deadline on our side gets the actor out.
+async fn within<T>(
+    deadline: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, StepFailure>>,
+) -> Result<T, StepFailure> {
+    match tokio::time::timeout(deadline, fut).await {
+        Ok(result) => result,
+        Err(_) => Err(StepFailure::new(
+            ErrorKind::Timeout,
+            format!(
+                "{what} did not finish within {}s: a server is not answering",
+                deadline.as_secs()
+            ),
+        )),
+    }
+}
+
+/// How long connecting, bookkeeping or one snapshot may take in all.
+fn work_deadline(settings: &Settings) -> Duration {
+    let statements = if settings.statement_timeout.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        settings.statement_timeout
+    };
+    settings.connect_timeout + statements
+}
+
 /// Write a failure to `powa_snapshot_metas.errors` so powa-web shows it.
 async fn record_error(pool: &RepoPool, srvid: SrvId, message: &str, logger: &Logger) {
     let result = match pool.get().await {
@@ -339,7 +369,8 @@ impl Handler<Connect> for SnapshotActor {
         let pool = self.shared.pool.clone();
         let logger = self.logger.clone();
         self.busy = true;
-        let work = guarded(async move {
+        let deadline = work_deadline(&settings);
+        let work = guarded(within(deadline, "connecting", async move {
             let repo = pool.get().await.map_err(|e| StepFailure {
                 kind: e.kind(),
                 reason: e.to_string(),
@@ -364,14 +395,16 @@ impl Handler<Connect> for SnapshotActor {
                 .await
                 .map_err(|e| StepFailure::new(e.kind(), e))?;
             Ok(Connected { remote, last })
-        });
+        }));
         let pool = self.shared.pool.clone();
         let srvid = self.spec.srvid;
+        let password = self.spec.password.clone().unwrap_or_default();
         let work = async move {
             let result = work.await;
             if let Err(failure) = &result {
                 if failure.record {
-                    record_error(&pool, srvid, &failure.reason, &logger).await;
+                    let reason = scrub(&failure.reason, &[&password]);
+                    record_error(&pool, srvid, &reason, &logger).await;
                 }
             }
             result
@@ -424,30 +457,38 @@ impl Handler<Due> for SnapshotActor {
         let logger = self.logger.clone();
         self.busy = true;
         self.in_snapshot = true;
+        let deadline = work_deadline(&self.settings);
         let work = guarded(async move {
+            // Waiting for a permit is not the server's fault: the deadline
+            // starts once the snapshot may run.
             let _permit = gate.acquire(forced, due).await;
             let waited = SystemTime::now().duration_since(due).unwrap_or_default();
-            let mut repo = pool.get().await.map_err(|e| StepFailure {
-                kind: e.kind(),
-                reason: e.to_string(),
-                record: false,
-            })?;
-            let mut observer =
-                |step: Step| debug!(logger, "snapshot step"; "step" => format!("{step:?}"));
-            let outcome = take_snapshot(&mut repo, &mut remote, srvid, &mut observer).await;
-            Ok((remote, waited, outcome))
+            within(deadline, "the snapshot", async move {
+                let mut repo = pool.get().await.map_err(|e| StepFailure {
+                    kind: e.kind(),
+                    reason: e.to_string(),
+                    record: false,
+                })?;
+                let mut observer =
+                    |step: Step| debug!(logger, "snapshot step"; "step" => format!("{step:?}"));
+                let outcome = take_snapshot(&mut repo, &mut remote, srvid, &mut observer).await;
+                Ok((remote, waited, outcome))
+            })
+            .await
         });
         let pool = self.shared.pool.clone();
         let logger = self.logger.clone();
+        let password = self.spec.password.clone().unwrap_or_default();
         let work = async move {
             let result = work.await;
             // A snapshot lost as a whole is written where powa-web shows it.
             let lost = match &result {
                 Ok((_, _, Err(e))) => Some(e.to_string()),
+                Err(failure) if failure.record => Some(failure.reason.clone()),
                 _ => None,
             };
             if let Some(reason) = lost {
-                record_error(&pool, srvid, &reason, &logger).await;
+                record_error(&pool, srvid, &scrub(&reason, &[&password]), &logger).await;
             }
             result
         };
