@@ -348,8 +348,11 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
     };
     let mut figment = Figment::from(Defaults);
     if let Some(path) = &file {
+        // The reference's file is JSON whatever its name
+        // (`--config /etc/powa-collector.conf` works as is).
         let json = path.extension().is_some_and(|e| e == "json")
-            || (named.is_none() && path.file_name().is_some_and(|n| n == "powa-collector.conf"));
+            || named.is_none()
+            || std::fs::read_to_string(path).is_ok_and(|t| t.trim_start().starts_with('{'));
         figment = if json {
             figment.merge(Json::file(path))
         } else {
@@ -385,11 +388,27 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
     })
 }
 
+/// A parser message without the quoted source line (TOML errors show the
+/// broken line, which may hold a password) and with any DSN password masked.
+fn without_source_lines(message: &str) -> String {
+    let kept: Vec<&str> = message
+        .lines()
+        .filter(|line| {
+            let t = line.trim_start();
+            let numbered = t
+                .split_once(" |")
+                .is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+            !(numbered || t.starts_with('|'))
+        })
+        .collect();
+    redact_dsn(&kept.join(" "))
+}
+
 /// figment's error, one line per problem, with the source of the value.
 fn describe_figment_error(err: figment::Error) -> String {
     err.into_iter()
         .map(|e| {
-            let mut text = e.to_string();
+            let mut text = without_source_lines(&e.to_string());
             // Values are not echoed for the DSN (it may hold a password).
             if e.path.iter().any(|p| p == "dsn") {
                 text = format!("key `repository.dsn`: {}", kind_without_value(&e.kind));

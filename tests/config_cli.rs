@@ -102,6 +102,11 @@ fn broken_configurations_exit_2_with_the_file_and_key() {
             "[repository]\ndsn = 'host=a'\n[snapshots]\nmax_concurrent = 0\n",
             "snapshots.max_concurrent",
         ),
+        // A syntax error must not quote the line, which holds a password.
+        (
+            "[repository]\ndsn = 'host=a password=Pw-in-dsn' junk\n",
+            "line 2",
+        ),
     ];
     for (text, needle) in cases {
         std::fs::write(&file, text).unwrap();
