@@ -493,3 +493,63 @@ async fn a_server_without_metas_row_is_reported_not_collected() {
         .unwrap();
     assert_eq!(history, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_port_moves_the_worker_and_a_deleted_server_goes() {
+    let fleet = fleet(2);
+    let moving = fleet.register(0, 5, None).unwrap();
+    let mut daemon = start(&fleet, FAST);
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert!(snapshots_reach(&repo, moving, 2, Duration::from_secs(20)).await);
+    let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
+
+    // Point the server at the other cluster: the worker reconnects there.
+    let new_port = i32::from(fleet.remotes[1].port());
+    repo.execute(
+        "UPDATE powa_servers SET port = $2 WHERE id = $1",
+        &[&moving, &new_port],
+    )
+    .await
+    .unwrap();
+    let answer = client.ask("RELOAD", "", Duration::from_secs(10)).await;
+    assert_eq!(answer.as_deref(), Some("RELOAD OK OK"));
+    let there = fleet.remotes[1].client("powa").await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            collector_sessions(&there).await > 0
+        })
+        .await,
+        "no session on the new port:\n{}",
+        daemon.log()
+    );
+    let old = fleet.remotes[0].client("powa").await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            collector_sessions(&old).await == 0
+        })
+        .await,
+        "the old session stayed"
+    );
+    let seq = coalesce_seq(&repo, moving).await;
+    assert!(snapshots_reach(&repo, moving, seq + 1, Duration::from_secs(15)).await);
+
+    // Deleted and reloaded: gone from the status, and no session left.
+    repo.execute("SELECT powa_delete_and_purge_server($1)", &[&moving])
+        .await
+        .unwrap();
+    let answer = client.ask("RELOAD", "", Duration::from_secs(10)).await;
+    assert_eq!(answer.as_deref(), Some("RELOAD OK OK"));
+    let answer = client
+        .ask("WORKERS_STATUS", "", Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert_eq!(answer, "WORKERS_STATUS OK {}");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            collector_sessions(&there).await == 0
+        })
+        .await,
+        "the deleted server's session stayed"
+    );
+    assert!(daemon.is_alive());
+}
