@@ -553,3 +553,79 @@ async fn a_changed_port_moves_the_worker_and_a_deleted_server_goes() {
     );
     assert!(daemon.is_alive());
 }
+
+/// `(failures, delay in seconds)` of each "retrying" line about `srvid`.
+#[cfg(feature = "fault-injection")]
+fn retries(log: &str, srvid: i32) -> Vec<(u32, f64)> {
+    let field = |line: &str, key: &str| -> Option<String> {
+        let start = line.find(&format!("{key}: "))? + key.len() + 2;
+        let rest = &line[start..];
+        Some(
+            rest[..rest.find(',').unwrap_or(rest.len())]
+                .trim()
+                .to_string(),
+        )
+    };
+    log.lines()
+        .filter(|l| {
+            l.contains("retrying") && field(l, "srvid").as_deref() == Some(&srvid.to_string())
+        })
+        .filter_map(|l| {
+            Some((
+                field(l, "failures")?.parse().ok()?,
+                field(l, "in_secs")?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_worker_restarts_with_growing_delays_alone() {
+    let fleet = fleet(2);
+    let faulty = fleet.register(0, 5, None).unwrap();
+    let healthy = fleet.register(1, 5, None).unwrap();
+    let faulty_id = faulty.to_string();
+    let mut daemon = Daemon::start_with_env(
+        Path::new(BIN),
+        &fleet.repository_dsn(),
+        "[restart]\nbackoff_min = 0.5\nbackoff_max = 4\n",
+        &[(powa_fleet_actors::fault::PANIC_ENV, faulty_id.as_str())],
+    )
+    .unwrap();
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert!(
+        snapshots_reach(&repo, healthy, 4, Duration::from_secs(30)).await,
+        "{}",
+        daemon.log()
+    );
+
+    let attempts = retries(&daemon.log(), faulty);
+    assert!(attempts.len() >= 3, "{attempts:?}\n{}", daemon.log());
+    for pair in attempts.windows(2) {
+        let ((f1, d1), (f2, d2)) = (pair[0], pair[1]);
+        assert_eq!(f2, f1 + 1, "{attempts:?}");
+        assert!(d2 >= d1 - 1e-6, "delays must not shrink: {attempts:?}");
+        assert!(d2 <= 4.0 + 1e-6, "capped: {attempts:?}");
+    }
+    assert!(daemon.log().contains("injected fault"), "{}", daemon.log());
+    let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
+    let status = client
+        .ask("WORKERS_STATUS", "", Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(
+        status.contains(&format!("\"{healthy}\": \"running\"")),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("\"{faulty}\": \"restarting in")),
+        "{status}"
+    );
+    assert_eq!(
+        coalesce_seq(&repo, faulty).await,
+        1,
+        "no snapshot of the faulty server"
+    );
+    assert!(daemon.is_alive());
+}

@@ -6,6 +6,7 @@
 pub mod connect;
 pub mod copy;
 pub mod error;
+pub mod fault;
 pub mod gate;
 pub mod listener;
 pub mod protocol;

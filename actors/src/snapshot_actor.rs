@@ -420,7 +420,16 @@ impl Handler<Connect> for SnapshotActor {
                     });
                     info!(act.logger, "connected"; "next_snapshot_in_secs" =>
                         due.duration_since(SystemTime::now()).unwrap_or_default().as_secs());
-                    act.set_state(WorkerState::Running);
+                    // `running` means healthy: after a failure, the server
+                    // is not healthy again until a snapshot succeeds.
+                    let state = match (act.failures, act.report.last_errors.first()) {
+                        (0, _) | (_, None) => WorkerState::Running,
+                        (_, Some(reason)) => WorkerState::Restarting {
+                            at: due,
+                            reason: reason.clone(),
+                        },
+                    };
+                    act.set_state(state);
                     act.arm(due, ctx);
                     if act.stopping {
                         act.remote = None;
@@ -471,6 +480,7 @@ impl Handler<Due> for SnapshotActor {
                 })?;
                 let mut observer =
                     |step: Step| debug!(logger, "snapshot step"; "step" => format!("{step:?}"));
+                crate::fault::before_snapshot(srvid);
                 let outcome = take_snapshot(&mut repo, &mut remote, srvid, &mut observer).await;
                 Ok((remote, waited, outcome))
             })

@@ -32,6 +32,16 @@ impl Daemon {
         repository_dsn: &str,
         extra_toml: &str,
     ) -> Result<Daemon, HarnessError> {
+        Daemon::start_with_env(bin, repository_dsn, extra_toml, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    pub fn start_with_env(
+        bin: &Path,
+        repository_dsn: &str,
+        extra_toml: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Daemon, HarnessError> {
         let dir = tempfile::tempdir().map_err(|e| HarnessError::io("creating a daemon dir", e))?;
         let config = dir.path().join("powa-fleet.toml");
         let log = dir.path().join("powa-fleet.log");
@@ -52,6 +62,7 @@ impl Daemon {
             .arg("run")
             .current_dir(dir.path())
             .env("HOME", dir.path())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
