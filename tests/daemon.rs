@@ -629,3 +629,116 @@ async fn a_panicking_worker_restarts_with_growing_delays_alone() {
     );
     assert!(daemon.is_alive());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_a_snapshot_rolls_it_back_and_exits_in_time() {
+    let fleet = fleet(1);
+    let srvid = fleet.register(0, 5, None).unwrap();
+    fleet.workload(0, 100).unwrap();
+    let repo = fleet.repository.client("powa").await.unwrap();
+    // Hold the statements' staging table: the snapshot will wait on it.
+    repo.batch_execute("BEGIN; LOCK TABLE powa_statements_src_tmp IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let config = "[timeouts]\nlock = 60\n[shutdown]\ngrace = 2\n";
+    let mut daemon = start(&fleet, config);
+    let watcher = fleet.repository.client("powa").await.unwrap();
+    let blocked = eventually(Duration::from_secs(20), || async {
+        let n: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'powa-fleet%' \
+                 AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n > 0
+    })
+    .await;
+    assert!(blocked, "no snapshot in flight:\n{}", daemon.log());
+
+    let asked = std::time::Instant::now();
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(8)).expect("exits");
+    assert!(status.success(), "{status:?}\n{}", daemon.log());
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        asked.elapsed()
+    );
+    repo.batch_execute("COMMIT").await.unwrap();
+
+    // Nothing of the interrupted snapshot is visible, no session is left.
+    assert_eq!(coalesce_seq(&watcher, srvid).await, 1);
+    let staged: i64 = watcher
+        .query_one(
+            "SELECT (SELECT count(*) FROM powa_kcache_src_tmp WHERE srvid = $1) \
+             + (SELECT count(*) FROM powa_statements_src_tmp WHERE srvid = $1) \
+             + (SELECT count(*) FROM powa_databases_src_tmp WHERE srvid = $1)",
+            &[&srvid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(staged, 0);
+    for cluster in std::iter::once(&fleet.repository).chain(&fleet.remotes) {
+        let c = cluster.client("powa").await.unwrap();
+        assert!(
+            eventually(Duration::from_secs(3), || async {
+                collector_sessions(&c).await == 0
+            })
+            .await,
+            "sessions left on {}",
+            cluster.port()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_kill_9_each_server_resumes_its_rhythm() {
+    let fleet = fleet(2);
+    let servers = [
+        fleet.register(0, 10, None).unwrap(),
+        fleet.register(1, 10, None).unwrap(),
+    ];
+    let mut daemon = start(&fleet, FAST);
+    let repo = fleet.repository.client("powa").await.unwrap();
+    for srvid in servers {
+        assert!(snapshots_reach(&repo, srvid, 3, Duration::from_secs(40)).await);
+    }
+    daemon.signal(Signal::SIGKILL);
+    daemon.wait_exit(Duration::from_secs(5)).expect("killed");
+
+    let snapts = |srvid: i32| {
+        let repo = &repo;
+        async move {
+            repo.query_one(
+                "SELECT EXTRACT(EPOCH FROM snapts)::float8 FROM powa_snapshot_metas WHERE srvid = $1",
+                &[&srvid],
+            )
+            .await
+            .unwrap()
+            .get::<_, f64>(0)
+        }
+    };
+    let before = [snapts(servers[0]).await, snapts(servers[1]).await];
+    let restarted = start(&fleet, FAST);
+    for (i, srvid) in servers.into_iter().enumerate() {
+        let moved = eventually(Duration::from_secs(25), || async {
+            snapts(srvid).await > before[i]
+        })
+        .await;
+        assert!(
+            moved,
+            "server {srvid} not collected again:\n{}",
+            restarted.log()
+        );
+        let gap = snapts(srvid).await - before[i];
+        // The next snapshot keeps the 10 s rhythm instead of firing at once.
+        assert!(
+            (9.0..=12.0).contains(&gap),
+            "server {srvid}: {gap:.2}s after the last one"
+        );
+    }
+}
