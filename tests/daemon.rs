@@ -742,3 +742,80 @@ async fn after_kill_9_each_server_resumes_its_rhythm() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_servers_down_at_once_do_not_flood_the_repository() {
+    let fleet = fleet(1);
+    let good = fleet.register(0, 5, None).unwrap();
+    // 300 servers on loopback ports where nothing listens.
+    fleet
+        .repository
+        .psql(
+            "powa",
+            "SELECT count(powa_register_server(hostname => '127.0.0.1', port => p, \
+             username => 'powa', frequency => 5)) FROM generate_series(20001, 20300) p",
+        )
+        .unwrap();
+    let mut daemon = start(
+        &fleet,
+        "[snapshots]\nmax_concurrent = 2\n[restart]\nbackoff_min = 0.5\nbackoff_max = 5\n",
+    );
+    let repo = fleet.repository.client("powa").await.unwrap();
+    let watcher = fleet.repository.client("powa").await.unwrap();
+
+    let mut most_sessions = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        most_sessions = most_sessions.max(collector_sessions(&watcher).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // 2 snapshots + 4 extra sessions in the pool, plus the listener.
+    assert!(most_sessions <= 7, "{most_sessions} repository sessions");
+    let seq = coalesce_seq(&repo, good).await;
+    assert!(
+        snapshots_reach(&repo, good, seq + 2, Duration::from_secs(15)).await,
+        "the reachable server lost its rhythm:\n{}",
+        daemon
+            .log()
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let recorded: i64 = repo
+        .query_one(
+            "SELECT count(*) FROM powa_snapshot_metas m JOIN powa_servers s ON s.id = m.srvid \
+             WHERE s.port > 20000 AND m.errors IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, 300, "every failure is recorded");
+
+    // WORKERS_STATUS stays one valid answer under 8000 bytes, failures first.
+    let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
+    let mut latencies = Vec::new();
+    for _ in 0..50 {
+        let sent = std::time::Instant::now();
+        let answer = client
+            .ask("WORKERS_STATUS", "", Duration::from_secs(3))
+            .await
+            .expect("an answer");
+        latencies.push(sent.elapsed());
+        assert!(answer.len() < 8000, "{} bytes", answer.len());
+        let json = answer.strip_prefix("WORKERS_STATUS OK ").unwrap();
+        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json).unwrap();
+        assert!(map.len() > 100, "{} servers listed", map.len());
+        assert!(map.values().all(|v| v != "running") || map.len() == 301);
+    }
+    latencies.sort();
+    eprintln!(
+        "WORKERS_STATUS with 301 servers: median {:?}, max {:?}; collector CPU {:.2}s",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+        powa_fleet_harness::reference::cpu_seconds(daemon.pid() as u32).unwrap_or_default()
+    );
+    assert!(daemon.is_alive());
+}

@@ -3,12 +3,15 @@
 //! One repository session per server would mean hundreds of idle sessions
 //! on the repository (the reference keeps one per server). Snapshots are
 //! bounded by the [`Gate`](crate::gate::Gate), so about that many sessions
-//! are ever busy at once; the pool keeps at most `max_idle` of them open
-//! between snapshots and opens more only for short bookkeeping bursts.
+//! are ever busy at once; the pool keeps at most that many open between
+//! snapshots, and never opens more than a few beyond it: when a whole fleet
+//! fails at once, error reports queue here instead of opening one session
+//! each and exhausting the repository's `max_connections`.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::Client;
 
 use crate::connect::{connect_repository, ConnectError};
@@ -21,7 +24,12 @@ pub struct RepoPool {
 
 struct Inner {
     state: Mutex<State>,
+    /// One permit per session that may be open (idle or checked out).
+    open: Arc<Semaphore>,
 }
+
+/// Sessions beyond the snapshot limit, for bookkeeping and error reports.
+const EXTRA_SESSIONS: usize = 4;
 
 struct State {
     settings: Arc<Settings>,
@@ -34,6 +42,7 @@ struct State {
 pub struct PooledClient {
     client: Option<Client>,
     pool: RepoPool,
+    _open: OwnedSemaphorePermit,
 }
 
 impl RepoPool {
@@ -46,6 +55,9 @@ impl RepoPool {
                     idle: Vec::new(),
                     max_idle,
                 }),
+                // The bound is fixed at start: a reload that changes the
+                // snapshot limit changes how many stay idle, not this.
+                open: Arc::new(Semaphore::new(max_idle + EXTRA_SESSIONS)),
             }),
         }
     }
@@ -63,8 +75,15 @@ impl RepoPool {
         state.idle.clear();
     }
 
-    /// An idle healthy session, or a new one.
+    /// An idle healthy session, or a new one once the bound allows it.
     pub async fn get(&self) -> Result<PooledClient, ConnectError> {
+        let open = self
+            .inner
+            .open
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the pool's semaphore is never closed");
         let settings = {
             let mut state = self.lock();
             while let Some(client) = state.idle.pop() {
@@ -72,6 +91,7 @@ impl RepoPool {
                     return Ok(PooledClient {
                         client: Some(client),
                         pool: self.clone(),
+                        _open: open,
                     });
                 }
             }
@@ -81,6 +101,7 @@ impl RepoPool {
         Ok(PooledClient {
             client: Some(client),
             pool: self.clone(),
+            _open: open,
         })
     }
 

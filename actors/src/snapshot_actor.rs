@@ -314,6 +314,16 @@ async fn guarded<T>(
     }
 }
 
+/// The repository could not give a session: reported, but not written to
+/// the repository (which is what failed).
+fn pool_failure(e: crate::connect::ConnectError) -> StepFailure {
+    StepFailure {
+        kind: e.kind(),
+        reason: e.to_string(),
+        record: false,
+    }
+}
+
 /// Bounds work on servers that may stop answering: a frozen server keeps
 /// TCP alive and never reaches its own statement_timeout, so only a
 /// deadline on our side gets the actor out.
@@ -370,15 +380,19 @@ impl Handler<Connect> for SnapshotActor {
         let logger = self.logger.clone();
         self.busy = true;
         let deadline = work_deadline(&settings);
-        let work = guarded(within(deadline, "connecting", async move {
-            let repo = pool.get().await.map_err(|e| StepFailure {
-                kind: e.kind(),
-                reason: e.to_string(),
-                record: false,
-            })?;
-            let last = repository::last_snapshot(&repo, spec.srvid)
-                .await
-                .map_err(|e| StepFailure::new(e.kind(), e))?;
+        // Repository sessions are borrowed only around each query, and the
+        // wait for one is not the servers' fault: only the work itself runs
+        // under the deadline.
+        let work = guarded(async move {
+            let last = {
+                let repo = pool.get().await.map_err(pool_failure)?;
+                within(deadline, "reading the last snapshot", async {
+                    repository::last_snapshot(&repo, spec.srvid)
+                        .await
+                        .map_err(|e| StepFailure::new(e.kind(), e))
+                })
+                .await?
+            };
             if last == LastSnapshot::NotRegistered {
                 return Err(StepFailure {
                     kind: ErrorKind::Setup,
@@ -388,14 +402,21 @@ impl Handler<Connect> for SnapshotActor {
                     record: false,
                 });
             }
-            let remote = connect_remote(&spec, &settings, &spec.name(settings.use_server_alias))
-                .await
-                .map_err(|e| StepFailure::new(e.kind(), e))?;
-            repository::update_versions(&repo, &remote, spec.srvid)
-                .await
-                .map_err(|e| StepFailure::new(e.kind(), e))?;
+            let remote = within(deadline, "connecting", async {
+                connect_remote(&spec, &settings, &spec.name(settings.use_server_alias))
+                    .await
+                    .map_err(|e| StepFailure::new(e.kind(), e))
+            })
+            .await?;
+            let repo = pool.get().await.map_err(pool_failure)?;
+            within(deadline, "the version bookkeeping", async {
+                repository::update_versions(&repo, &remote, spec.srvid)
+                    .await
+                    .map_err(|e| StepFailure::new(e.kind(), e))
+            })
+            .await?;
             Ok(Connected { remote, last })
-        }));
+        });
         let pool = self.shared.pool.clone();
         let srvid = self.spec.srvid;
         let password = self.spec.password.clone().unwrap_or_default();
@@ -472,12 +493,8 @@ impl Handler<Due> for SnapshotActor {
             // starts once the snapshot may run.
             let _permit = gate.acquire(forced, due).await;
             let waited = SystemTime::now().duration_since(due).unwrap_or_default();
+            let mut repo = pool.get().await.map_err(pool_failure)?;
             within(deadline, "the snapshot", async move {
-                let mut repo = pool.get().await.map_err(|e| StepFailure {
-                    kind: e.kind(),
-                    reason: e.to_string(),
-                    record: false,
-                })?;
                 let mut observer =
                     |step: Step| debug!(logger, "snapshot step"; "step" => format!("{step:?}"));
                 crate::fault::before_snapshot(srvid);
@@ -607,16 +624,16 @@ impl Handler<Refresh> for SnapshotActor {
         let pool = self.shared.pool.clone();
         let srvid = self.spec.srvid;
         self.busy = true;
+        let deadline = work_deadline(&self.settings);
         let work = guarded(async move {
-            let repo = pool.get().await.map_err(|e| StepFailure {
-                kind: e.kind(),
-                reason: e.to_string(),
-                record: false,
-            })?;
-            let checked = repository::update_versions(&repo, &remote, srvid)
-                .await
-                .map_err(|e| StepFailure::new(e.kind(), e));
-            checked.map(|()| remote)
+            let repo = pool.get().await.map_err(pool_failure)?;
+            within(deadline, "the version bookkeeping", async {
+                repository::update_versions(&repo, &remote, srvid)
+                    .await
+                    .map_err(|e| StepFailure::new(e.kind(), e))
+            })
+            .await?;
+            Ok(remote)
         });
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
             act.busy = false;
