@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use powa_fleet_harness::daemon::{eventually, Daemon, Requester};
+use powa_fleet_harness::fleet::coalesce_seq;
 use powa_fleet_harness::{require_binaries, Fleet};
 use tokio_postgres::Client;
 
@@ -18,16 +19,6 @@ const FAST: &str = "[restart]\nbackoff_min = 0.2\nbackoff_max = 2\n[shutdown]\ng
 fn fleet(remotes: usize) -> Fleet {
     require_binaries().expect("PostgreSQL and PoWA installed");
     Fleet::start(remotes).expect("fleet starts")
-}
-
-async fn coalesce_seq(repo: &Client, srvid: i32) -> i64 {
-    repo.query_one(
-        "SELECT coalesce_seq FROM powa_snapshot_metas WHERE srvid = $1",
-        &[&srvid],
-    )
-    .await
-    .unwrap()
-    .get(0)
 }
 
 async fn snapshots_reach(repo: &Client, srvid: i32, seq: i64, timeout: Duration) -> bool {
@@ -44,6 +35,18 @@ async fn collector_sessions(client: &Client) -> i64 {
         .await
         .unwrap()
         .get(0)
+}
+
+/// No collector session on any cluster of the fleet (within 3 s).
+async fn assert_no_session_left(fleet: &Fleet) {
+    for cluster in std::iter::once(&fleet.repository).chain(&fleet.remotes) {
+        let c = cluster.client("powa").await.unwrap();
+        let gone = eventually(Duration::from_secs(3), || async {
+            collector_sessions(&c).await == 0
+        })
+        .await;
+        assert!(gone, "sessions left on {}", cluster.port());
+    }
 }
 
 fn start(fleet: &Fleet, extra: &str) -> Daemon {
@@ -132,17 +135,7 @@ async fn collects_reloads_stops_servers_and_exits_cleanly() {
         .wait_exit(Duration::from_secs(6))
         .expect("exits in time");
     assert!(status.success(), "{status:?}\n{}", daemon.log());
-    for cluster in std::iter::once(&fleet.repository).chain(&fleet.remotes) {
-        let c = cluster.client("powa").await.unwrap();
-        assert!(
-            eventually(Duration::from_secs(3), || async {
-                collector_sessions(&c).await == 0
-            })
-            .await,
-            "sessions left on {}",
-            cluster.port()
-        );
-    }
+    assert_no_session_left(&fleet).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -682,17 +675,7 @@ async fn sigterm_during_a_snapshot_rolls_it_back_and_exits_in_time() {
         .unwrap()
         .get(0);
     assert_eq!(staged, 0);
-    for cluster in std::iter::once(&fleet.repository).chain(&fleet.remotes) {
-        let c = cluster.client("powa").await.unwrap();
-        assert!(
-            eventually(Duration::from_secs(3), || async {
-                collector_sessions(&c).await == 0
-            })
-            .await,
-            "sessions left on {}",
-            cluster.port()
-        );
-    }
+    assert_no_session_left(&fleet).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

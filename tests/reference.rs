@@ -10,7 +10,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use powa_fleet_harness::daemon::{eventually, Daemon};
 use powa_fleet_harness::fleet::{
-    register_server, remote_options, repository_options, setup_remote, setup_repository,
+    coalesce_seq, register_server, remote_options, repository_options, setup_remote,
+    setup_repository,
 };
 use powa_fleet_harness::reference::{cpu_seconds, Reference};
 use powa_fleet_harness::workload::workload_sql;
@@ -29,20 +30,10 @@ fn repository() -> Cluster {
     cluster
 }
 
-async fn seq(repo: &Client, srvid: i32) -> i64 {
-    repo.query_one(
-        "SELECT coalesce_seq FROM powa_snapshot_metas WHERE srvid = $1",
-        &[&srvid],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
 /// Wait for the collector's `n`-th snapshot; returns its CPU seconds then.
 async fn after_snapshot(repo: &Client, srvid: i32, n: i64, pid: u32) -> f64 {
     let done = eventually(Duration::from_secs(60), || async {
-        seq(repo, srvid).await > n
+        coalesce_seq(repo, srvid).await > n
     })
     .await;
     assert!(done, "snapshot {n} never came");

@@ -262,6 +262,21 @@ pub async fn clear_errors(tx: &Transaction<'_>, srvid: SrvId) -> Result<(), toki
     .map(|_| ())
 }
 
+/// Remove the rows of `srvid` staged in `<query_source>_tmp`.
+pub async fn clear_staged(
+    tx: &Transaction<'_>,
+    srvid: SrvId,
+    query_source: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let table = quote_ident(&format!("{query_source}_tmp"));
+    tx.execute(
+        &format!("DELETE FROM {POWA_SCHEMA}.{table} WHERE srvid = $1"),
+        &[&srvid],
+    )
+    .await
+    .map(|_| ())
+}
+
 /// Version bookkeeping: the remote's PostgreSQL version, its extension
 /// versions, hypopg availability; then refuse a powa major.minor different
 /// from the repository's.

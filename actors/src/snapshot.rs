@@ -171,6 +171,13 @@ pub async fn take_snapshot(
             repository::clear_errors(&repo_tx, srvid)
                 .await
                 .map_err(repo("clearing errors"))?;
+            // What was staged for it would otherwise be taken in by the next
+            // snapshot, next to that snapshot's own copy.
+            for ds in &datasources {
+                repository::clear_staged(&repo_tx, srvid, &ds.query_source)
+                    .await
+                    .map_err(repo("clearing staged rows"))?;
+            }
             report.errors.push(format!(
                 "powa_take_snapshot({srvid}) failed: {}",
                 pg_message(&e)

@@ -260,8 +260,9 @@ async fn powa_take_snapshot_raising_is_recorded() {
     let (_, errors, _) = metas(&repo, srvid).await;
     // The old error is gone (step 5 clears it), ours is there.
     assert_eq!(errors, Some(report.errors.clone()));
-    // The copied data was committed in the same transaction.
-    assert!(tmp_rows(&repo, srvid).await > 0);
+    // Nothing stays staged for the next snapshot to take in twice.
+    assert_eq!(tmp_rows(&repo, srvid).await, 0);
+    assert_eq!(metas(&repo, srvid).await.0, 1, "no snapshot counted");
 }
 
 #[tokio::test(flavor = "multi_thread")]

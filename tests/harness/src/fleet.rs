@@ -1,5 +1,7 @@
 //! A PoWA repository and remote servers, set up the way a DBA would.
 
+use tokio_postgres::Client;
+
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::error::HarnessError;
 use crate::workload::workload_sql;
@@ -143,4 +145,17 @@ pub fn register_server(
     out.trim()
         .parse()
         .map_err(|_| HarnessError::Other(format!("unexpected srvid {out:?}")))
+}
+
+/// `powa_snapshot_metas.coalesce_seq` of `srvid`: it grows by one with each
+/// snapshot that commits.
+pub async fn coalesce_seq(repository: &Client, srvid: i32) -> i64 {
+    repository
+        .query_one(
+            "SELECT coalesce_seq FROM powa_snapshot_metas WHERE srvid = $1",
+            &[&srvid],
+        )
+        .await
+        .expect("reading powa_snapshot_metas")
+        .get(0)
 }
