@@ -26,12 +26,22 @@ pub enum PipeError {
 /// Stream the output of `source_sql` (a `COPY ... TO STDOUT`) on `remote`
 /// into `sink_sql` (a `COPY ... FROM STDIN`) on `repository`. On error the
 /// unfinished sink is dropped, which aborts the COPY on the repository.
+///
+/// `sink_table` is locked first with a plain statement: a `COPY ... FROM
+/// STDIN` that fails before copying starts (a lock timeout on the table,
+/// say) leaves the tokio-postgres session unusable, which would cost the
+/// whole snapshot instead of this datasource.
 pub async fn pipe(
     remote: &Transaction<'_>,
     repository: &Transaction<'_>,
     source_sql: &str,
+    sink_table: &str,
     sink_sql: &str,
 ) -> Result<Copied, PipeError> {
+    repository
+        .batch_execute(&format!("LOCK TABLE {sink_table} IN ROW EXCLUSIVE MODE"))
+        .await
+        .map_err(PipeError::Sink)?;
     let source = remote
         .copy_out(source_sql)
         .await

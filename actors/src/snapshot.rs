@@ -85,17 +85,19 @@ fn is_lost(err: &tokio_postgres::Error) -> bool {
     err.code().is_none()
 }
 
-/// `COPY` statements for one datasource.
-pub fn copy_statements(srvid: SrvId, ds: &Datasource) -> (String, String) {
+/// For one datasource: the remote `COPY ... TO STDOUT`, the repository's
+/// staging table, and the `COPY ... FROM STDIN` into it.
+pub fn copy_statements(srvid: SrvId, ds: &Datasource) -> (String, String, String) {
     let source = format!(
         "COPY (SELECT {srvid}, * FROM {POWA_SCHEMA}.{}(0)) TO STDOUT",
         quote_ident(&ds.query_source)
     );
-    let sink = format!(
-        "COPY {POWA_SCHEMA}.{} FROM STDIN",
+    let table = format!(
+        "{POWA_SCHEMA}.{}",
         quote_ident(&format!("{}_tmp", ds.query_source))
     );
-    (source, sink)
+    let sink = format!("COPY {table} FROM STDIN");
+    (source, table, sink)
 }
 
 /// Take one snapshot of `srvid` (SPEC steps 1–7).
@@ -216,7 +218,7 @@ async fn copy_datasource(
     report: &mut SnapshotReport,
     observer: &mut dyn FnMut(Step),
 ) -> Result<(), SnapshotError> {
-    let (source_sql, sink_sql) = copy_statements(srvid, ds);
+    let (source_sql, sink_table, sink_sql) = copy_statements(srvid, ds);
     let remote_sp = remote_tx
         .savepoint("powa_fleet_src")
         .await
@@ -225,7 +227,7 @@ async fn copy_datasource(
         .savepoint("powa_fleet_data")
         .await
         .map_err(repo("opening a savepoint"))?;
-    match pipe(&remote_sp, &repo_sp, &source_sql, &sink_sql).await {
+    match pipe(&remote_sp, &repo_sp, &source_sql, &sink_table, &sink_sql).await {
         Ok(copied) => {
             remote_sp
                 .commit()
@@ -318,11 +320,12 @@ mod tests {
             query_cleanup: None,
             function_name: "powa_statements_snapshot".into(),
         };
-        let (source, sink) = copy_statements(7, &ds);
+        let (source, table, sink) = copy_statements(7, &ds);
         assert_eq!(
             source,
             "COPY (SELECT 7, * FROM public.\"powa_statements_src\"(0)) TO STDOUT"
         );
+        assert_eq!(table, "public.\"powa_statements_src_tmp\"");
         assert_eq!(sink, "COPY public.\"powa_statements_src_tmp\" FROM STDIN");
     }
 }

@@ -360,3 +360,52 @@ fn peak_rss_kib() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_timeout_on_a_staging_table_costs_only_that_datasource() {
+    let fleet = fleet();
+    let srvid = fleet.register(0, 30, None).unwrap();
+    fleet.workload(0, 100).unwrap();
+    let mut repo = fleet.repository.client("powa").await.unwrap();
+    let mut remote = fleet.remotes[0].client("powa").await.unwrap();
+    // Another session holds kcache's staging table (as a TRUNCATE by
+    // autovacuum would).
+    let holder = fleet.repository.client("powa").await.unwrap();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE powa_kcache_src_tmp IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    repo.batch_execute("SET lock_timeout = '300ms'")
+        .await
+        .unwrap();
+
+    let report = take_snapshot(&mut repo, &mut remote, srvid, &mut |_| {})
+        .await
+        .expect("the snapshot goes on");
+    holder.batch_execute("COMMIT").await.unwrap();
+
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    assert!(
+        report.errors[0].contains("powa_kcache_src_tmp"),
+        "{:?}",
+        report.errors
+    );
+    assert!(
+        report.errors[0].contains("lock timeout"),
+        "{:?}",
+        report.errors
+    );
+    let (seq, errors, _) = metas(&repo, srvid).await;
+    assert_eq!(seq, 2, "the snapshot committed");
+    // powa_take_snapshot records its own failure (its kcache step meets the
+    // same lock) before ours is appended.
+    let errors = errors.unwrap();
+    assert_eq!(errors.last(), report.errors.last(), "{errors:?}");
+    let statements = count(
+        &repo,
+        "SELECT count(*) FROM powa_statements_history_current WHERE srvid = $1",
+        srvid,
+    )
+    .await;
+    assert!(statements > 0);
+}
