@@ -19,8 +19,20 @@ const EXIT_NO_ANSWER: u8 = 3;
 const EXIT_RUNTIME: u8 = 1;
 
 enum Outcome {
-    Answer { status: String, data: String },
+    /// The status word and the data of each answer (several for
+    /// FLEET_STATUS, in order).
+    Answer {
+        status: String,
+        data: Vec<String>,
+    },
     NoAnswer,
+}
+
+/// `(part, parts)` of a `FLEET_STATUS` answer's data `"<part>/<parts> ..."`.
+fn part_of(data: &str) -> Option<(usize, usize)> {
+    let (counter, _) = data.split_once(' ')?;
+    let (part, parts) = counter.split_once('/')?;
+    Some((part.parse().ok()?, parts.parse().ok()?))
 }
 
 async fn ask(
@@ -59,6 +71,7 @@ async fn ask(
         .await
         .map_err(|e| format!("NOTIFY failed: {e}"))?;
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut collected = Vec::new();
     loop {
         let Ok(Some(n)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
             return Ok(Outcome::NoAnswer);
@@ -66,13 +79,26 @@ async fn ask(
         if n.channel() != channel {
             continue;
         }
-        let mut parts = n.payload().splitn(3, ' ');
-        if parts.next() != Some(command) {
+        let mut words = n.payload().splitn(3, ' ');
+        if words.next() != Some(command) {
             continue;
         }
-        let status = parts.next().unwrap_or_default().to_string();
-        let data = parts.next().unwrap_or_default().to_string();
-        return Ok(Outcome::Answer { status, data });
+        let status = words.next().unwrap_or_default().to_string();
+        let data = words.next().unwrap_or_default().to_string();
+        // A FLEET_STATUS answer comes in parts; anything else in one.
+        let counted = (command == "FLEET_STATUS" && status == "OK")
+            .then(|| part_of(&data))
+            .flatten();
+        collected.push(data);
+        match counted {
+            Some((_, parts)) if collected.len() < parts => continue,
+            _ => {
+                return Ok(Outcome::Answer {
+                    status,
+                    data: collected,
+                })
+            }
+        }
     }
 }
 
@@ -81,7 +107,7 @@ fn run(
     command: &str,
     args: &str,
     timeout: f64,
-    show: impl FnOnce(&str),
+    show: impl FnOnce(&[String]),
 ) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -112,41 +138,76 @@ fn run(
             ExitCode::SUCCESS
         }
         Ok(Outcome::Answer { status, data }) => {
-            eprintln!("powa-fleet: {command} {status}: {data}");
+            let hint = if status == "UNKNOWN" {
+                " (the collector is not powa-fleet?)"
+            } else {
+                ""
+            };
+            eprintln!("powa-fleet: {command} {status}: {}{hint}", data.join(" "));
             ExitCode::from(EXIT_NO_ANSWER)
         }
     }
 }
 
+/// Every worker's details, whatever the fleet size: FLEET_STATUS answers
+/// in as many parts as needed (WORKERS_STATUS, what powa-web asks, must fit
+/// in one payload).
 pub fn status(settings: &Settings, srvid: Option<i32>, json: bool, timeout: f64) -> ExitCode {
     let args = srvid.map(|s| s.to_string()).unwrap_or_default();
-    run(settings, "WORKERS_STATUS", &args, timeout, |data| {
+    run(settings, "FLEET_STATUS", &args, timeout, |parts| {
+        let mut workers: Vec<serde_json::Value> = Vec::new();
+        for part in parts {
+            let array = part.split_once(' ').map_or("[]", |(_, a)| a);
+            if let Ok(serde_json::Value::Array(items)) = serde_json::from_str(array) {
+                workers.extend(items);
+            }
+        }
         if json {
-            println!("{data}");
+            println!("{}", serde_json::Value::Array(workers));
             return;
         }
-        match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(data) {
-            Ok(map) => {
-                let mut rows: Vec<(i64, String)> = map
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.parse().unwrap_or(i64::MAX),
-                            v.as_str()
-                                .map(str::to_string)
-                                .unwrap_or_else(|| v.to_string()),
-                        )
-                    })
-                    .collect();
-                rows.sort();
-                println!("{:>6}  STATE", "SRVID");
-                for (srvid, state) in rows {
-                    println!("{srvid:>6}  {state}");
-                }
-            }
-            Err(_) => println!("{data}"),
-        }
+        print_table(&workers);
     })
+}
+
+fn print_table(workers: &[serde_json::Value]) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let ago = |v: &serde_json::Value| match v.as_f64() {
+        Some(t) => format!("{:.0}s ago", (now - t).max(0.0)),
+        None => "never".to_string(),
+    };
+    let due = |v: &serde_json::Value| match v.as_f64() {
+        Some(t) => format!("in {:.0}s", (t - now).max(0.0)),
+        None => "-".to_string(),
+    };
+    println!(
+        "{:>6}  {:<24} {:<32} {:>10} {:>8} {:>8} {:>8} {:>8}  LAST ERROR",
+        "SRVID", "NAME", "STATE", "SNAPSHOT", "SECONDS", "ROWS", "NEXT", "RESTARTS"
+    );
+    for w in workers {
+        let text = |key: &str| w[key].as_str().unwrap_or_default().to_string();
+        let error = w["last_errors"]
+            .as_array()
+            .and_then(|e| e.first())
+            .and_then(|e| e.as_str())
+            .unwrap_or("");
+        println!(
+            "{:>6}  {:<24} {:<32} {:>10} {:>8} {:>8} {:>8} {:>8}  {}",
+            w["srvid"],
+            text("name"),
+            text("state"),
+            ago(&w["last_snapshot"]),
+            w["last_duration"]
+                .as_f64()
+                .map_or("-".to_string(), |d| format!("{d:.2}")),
+            w["last_rows"],
+            due(&w["next_due"]),
+            w["restarts"],
+            error
+        );
+    }
 }
 
 pub fn reload(settings: &Settings, timeout: f64) -> ExitCode {
@@ -159,6 +220,6 @@ pub fn snapshot(settings: &Settings, srvid: i32, timeout: f64) -> ExitCode {
         "FORCE_SNAPSHOT",
         &srvid.to_string(),
         timeout,
-        |data| println!("{data}"),
+        |data| println!("{}", data.join(" ")),
     )
 }

@@ -410,6 +410,20 @@ async fn refuses_to_start_on_an_unusable_repository() {
     let status = daemon.wait_exit(Duration::from_secs(10)).expect("exits");
     assert_eq!(status.code(), Some(1));
     assert!(daemon.log().contains("4.0.1"), "{}", daemon.log());
+
+    // No collector runs there now: the client says so, exit code 3.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "--config",
+            "/dev/null",
+            "--repository-dsn",
+            &repository.dsn("powa"),
+        ])
+        .args(["status", "--timeout", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no collector answered"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -793,6 +807,37 @@ async fn many_servers_down_at_once_do_not_flood_the_repository() {
         assert!(map.len() > 100, "{} servers listed", map.len());
         assert!(map.values().all(|v| v != "running") || map.len() == 301);
     }
+    // The CLI shows every server, whatever the fleet size, with details.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args([
+                "--config",
+                "/dev/null",
+                "--repository-dsn",
+                &fleet.repository_dsn(),
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let workers: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(workers.len(), 301);
+    let down = workers.iter().find(|w| w["srvid"] != good).unwrap();
+    assert_eq!(down["state"], "no connection to remote server");
+    assert!(down["last_errors"][0]
+        .as_str()
+        .unwrap()
+        .contains("could not connect"));
+    let out = cli(&["status"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 302);
+
     latencies.sort();
     eprintln!(
         "WORKERS_STATUS with 301 servers: median {:?}, max {:?}; collector CPU {:.2}s",

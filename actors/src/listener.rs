@@ -14,7 +14,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use futures_util::stream::poll_fn;
@@ -26,7 +26,7 @@ use crate::error::{backoff_delay, classify};
 use crate::protocol::{self, Answer, Command, Request};
 use crate::settings::Settings;
 use crate::snapshot_actor::ForceAccepted;
-use crate::status::{StatusActor, WorkersStatus};
+use crate::status::{Details, StatusActor, WorkerReport, WorkersStatus};
 use crate::supervisor::{Force, Reload, Supervisor};
 
 /// Requests handled at once; beyond this a request is answered with an
@@ -273,7 +273,7 @@ impl Listener {
         let logger = self.logger.clone();
         ctx.spawn(
             async move {
-                let answer = execute(
+                let answers = execute(
                     &session,
                     sender_pid,
                     &request,
@@ -283,7 +283,10 @@ impl Listener {
                 )
                 .await;
                 if let Some(channel) = request.reply_to.channel() {
-                    send_answer(&session.client, channel, &answer, &logger).await;
+                    // One session sends them in order.
+                    for answer in &answers {
+                        send_answer(&session.client, channel, answer, &logger).await;
+                    }
                 }
                 in_flight.set(in_flight.get() - 1);
             }
@@ -319,7 +322,7 @@ async fn permitted(session: &Session, sender_pid: i32) -> Result<bool, tokio_pos
         .unwrap_or(false))
 }
 
-/// Run one request and produce its answer.
+/// Run one request and produce its answers (one, except FLEET_STATUS).
 async fn execute(
     session: &Session,
     sender_pid: i32,
@@ -327,20 +330,95 @@ async fn execute(
     supervisor: &Addr<Supervisor>,
     status: &Addr<StatusActor>,
     logger: &Logger,
-) -> Answer {
+) -> Vec<Answer> {
+    if let Err(refused) = check(session, sender_pid, request, logger).await {
+        return vec![refused];
+    }
+    info!(logger, "command received"; "command" => request.command.kind().as_str(), "sender_pid" => sender_pid);
+    if let Command::FleetStatus { srvid } = &request.command {
+        return match status.send(Details { wanted: *srvid }).await {
+            Ok(reports) => {
+                let items: Vec<String> = reports.iter().map(report_json).collect();
+                protocol::fleet_status(&items)
+            }
+            Err(_) => vec![Answer::error(
+                request.command.kind(),
+                "The collector is stopping",
+            )],
+        };
+    }
+    vec![execute_one(request, supervisor, status).await]
+}
+
+/// The permission check; the refusal to send when it fails.
+async fn check(
+    session: &Session,
+    sender_pid: i32,
+    request: &Request,
+    logger: &Logger,
+) -> Result<(), Answer> {
     let word = request.command.kind();
     match permitted(session, sender_pid).await {
-        Ok(true) => {}
+        Ok(true) => Ok(()),
         Ok(false) => {
             warn!(logger, "command refused: permission denied"; "command" => word.as_str(), "sender_pid" => sender_pid);
-            return Answer::permission_denied(word);
+            Err(Answer::permission_denied(word))
         }
         Err(e) => {
             warn!(logger, "permission check failed"; "error" => %e);
-            return Answer::error(word, "Could not check permissions");
+            Err(Answer::error(word, "Could not check permissions"))
         }
     }
-    info!(logger, "command received"; "command" => word.as_str(), "sender_pid" => sender_pid);
+}
+
+/// Longest error string kept per worker in a FLEET_STATUS item, and how
+/// many: one item must always fit in a NOTIFY payload.
+const ITEM_TEXT_BYTES: usize = 512;
+const ITEM_ERRORS: usize = 3;
+
+fn cut(text: &str) -> &str {
+    let mut end = text.len().min(ITEM_TEXT_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// One worker as a compact JSON object (times as Unix epoch seconds).
+fn report_json(report: &WorkerReport) -> String {
+    let epoch = |t: Option<SystemTime>| {
+        t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64())
+    };
+    let errors: Vec<&str> = report
+        .last_errors
+        .iter()
+        .take(ITEM_ERRORS)
+        .map(|e| cut(e))
+        .collect();
+    let state = report.state.powa_web_text(SystemTime::now());
+    serde_json::json!({
+        "srvid": report.srvid,
+        "name": cut(&report.name),
+        "state": cut(&state),
+        "last_snapshot": epoch(report.last_snapshot),
+        "last_duration": report.last_duration.map(|d| d.as_secs_f64()),
+        "last_rows": report.last_rows,
+        "last_errors": errors,
+        "restarts": report.restarts,
+        "next_due": epoch(report.next_due),
+        "skipped": report.skipped,
+    })
+    .to_string()
+}
+
+/// The commands answered in one payload, once permitted.
+async fn execute_one(
+    request: &Request,
+    supervisor: &Addr<Supervisor>,
+    status: &Addr<StatusActor>,
+) -> Answer {
+    let word = request.command.kind();
     match &request.command {
         Command::Reload => match supervisor.send(Reload).await {
             Ok(Ok(_)) => Answer::reload_done(),
@@ -362,6 +440,8 @@ async fn execute(
         // Catalog snapshots are a PoWA 5 feature; on PoWA 4 there is
         // nothing to refresh, and the answer is what clients expect.
         Command::RefreshDbCat { .. } => Answer::catalogs_will_refresh(),
+        // Answered in parts by `execute`; never routed here.
+        Command::FleetStatus { .. } => Answer::error(word, "Answered in parts"),
     }
 }
 

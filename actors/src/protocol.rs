@@ -103,6 +103,8 @@ pub enum CommandKind {
     WorkersStatus,
     ForceSnapshot,
     RefreshDbCat,
+    /// powa-fleet's own: every worker's details, in as many parts as needed.
+    FleetStatus,
 }
 
 impl CommandKind {
@@ -113,6 +115,7 @@ impl CommandKind {
             CommandKind::WorkersStatus => "WORKERS_STATUS",
             CommandKind::ForceSnapshot => "FORCE_SNAPSHOT",
             CommandKind::RefreshDbCat => "REFRESH_DB_CAT",
+            CommandKind::FleetStatus => "FLEET_STATUS",
         }
     }
 
@@ -122,6 +125,7 @@ impl CommandKind {
             "WORKERS_STATUS" => Some(CommandKind::WorkersStatus),
             "FORCE_SNAPSHOT" => Some(CommandKind::ForceSnapshot),
             "REFRESH_DB_CAT" => Some(CommandKind::RefreshDbCat),
+            "FLEET_STATUS" => Some(CommandKind::FleetStatus),
             _ => None,
         }
     }
@@ -144,6 +148,8 @@ pub enum Command {
     ForceSnapshot { srvid: i32 },
     /// Refresh these databases' catalogs at the next snapshot (empty = all).
     RefreshDbCat { srvid: i32, dbnames: Vec<String> },
+    /// Every worker's details (or one server's), answered in parts.
+    FleetStatus { srvid: Option<i32> },
 }
 
 impl Command {
@@ -153,6 +159,7 @@ impl Command {
             Command::WorkersStatus { .. } => CommandKind::WorkersStatus,
             Command::ForceSnapshot { .. } => CommandKind::ForceSnapshot,
             Command::RefreshDbCat { .. } => CommandKind::RefreshDbCat,
+            Command::FleetStatus { .. } => CommandKind::FleetStatus,
         }
     }
 }
@@ -417,7 +424,7 @@ pub fn parse(payload: &str) -> Result<Request, Rejection> {
             no_more(kind, &mut words).map_err(fail)?;
             Command::Reload
         }
-        CommandKind::WorkersStatus => {
+        CommandKind::WorkersStatus | CommandKind::FleetStatus => {
             if reply_to == ReplyTo::Nobody {
                 // Asking for a status nobody reads is a no-op.
                 return Err(Rejection::silent(RejectReason::NeedsAnswer {
@@ -429,7 +436,11 @@ pub fn parse(payload: &str) -> Result<Request, Rejection> {
                 Some(w) => Some(srvid(kind, w).map_err(fail)?),
             };
             no_more(kind, &mut words).map_err(fail)?;
-            Command::WorkersStatus { srvid }
+            if kind == CommandKind::FleetStatus {
+                Command::FleetStatus { srvid }
+            } else {
+                Command::WorkersStatus { srvid }
+            }
         }
         CommandKind::ForceSnapshot => {
             let srvid = required_srvid(kind, words.next()).map_err(fail)?;
@@ -569,6 +580,42 @@ pub fn workers_status<S: AsRef<str>>(states: &[(i32, S)], wanted: Option<i32>) -
     }
     out.push_str(CLOSE);
     Answer::ok(kind, out)
+}
+
+/// Build the `FLEET_STATUS` answers: `items` (one JSON object per worker)
+/// split into as many payloads as needed, each
+/// `FLEET_STATUS OK <part>/<parts> [item, ...]` under [`MAX_PAYLOAD`], so a
+/// client gets every server whatever the fleet size. An item too large for
+/// a payload on its own is left out (callers bound their items well below).
+pub fn fleet_status<S: AsRef<str>>(items: &[S]) -> Vec<Answer> {
+    let kind = CommandKind::FleetStatus;
+    // Room for "FLEET_STATUS OK " and a "<part>/<parts> " counter.
+    let budget = MAX_PAYLOAD - (kind.as_str().len() + 1 + Status::Ok.as_str().len() + 1) - 24;
+    let mut chunks: Vec<String> = Vec::new();
+    let mut current = String::from("[");
+    for item in items {
+        let item = item.as_ref();
+        if item.len() + 2 > budget {
+            continue;
+        }
+        let sep = if current.len() > 1 { 2 } else { 0 };
+        if current.len() + sep + item.len() + 1 > budget {
+            current.push(']');
+            chunks.push(std::mem::replace(&mut current, String::from("[")));
+        }
+        if current.len() > 1 {
+            current.push_str(", ");
+        }
+        current.push_str(item);
+    }
+    current.push(']');
+    chunks.push(current);
+    let parts = chunks.len();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| Answer::ok(kind, format!("{}/{parts} {chunk}", i + 1)))
+        .collect()
 }
 
 fn json_string(s: &str) -> String {

@@ -748,3 +748,40 @@ fn property_random_tokens_and_bytes() {
         status_json(&a);
     }
 }
+
+#[test]
+fn fleet_status_splits_into_parts_that_each_fit() {
+    let items: Vec<String> = (1..=1000)
+        .map(|i| {
+            format!(
+                "{{\"srvid\": {i}, \"name\": \"db{i}.example:5432\", \"state\": \"no connection to remote server\", \"last_errors\": [\"{}\"]}}",
+                "e".repeat(i % 300)
+            )
+        })
+        .collect();
+    let answers = fleet_status(&items);
+    assert!(answers.len() > 10, "{} parts", answers.len());
+    let mut seen = Vec::new();
+    for (i, answer) in answers.iter().enumerate() {
+        let payload = answer.encode();
+        assert!(payload.len() <= MAX_PAYLOAD, "{} bytes", payload.len());
+        let data = payload.strip_prefix("FLEET_STATUS OK ").unwrap();
+        let (counter, array) = data.split_once(' ').unwrap();
+        assert_eq!(counter, format!("{}/{}", i + 1, answers.len()));
+        let parsed: Vec<serde_json::Value> = serde_json::from_str(array).unwrap();
+        seen.extend(parsed.into_iter().map(|v| v["srvid"].as_i64().unwrap()));
+    }
+    assert_eq!(seen, (1..=1000).collect::<Vec<i64>>());
+
+    let empty = fleet_status::<&str>(&[]);
+    assert_eq!(empty.len(), 1);
+    assert_eq!(empty[0].encode(), "FLEET_STATUS OK 1/1 []");
+}
+
+#[test]
+fn fleet_status_parses_like_workers_status() {
+    let request = parse("FLEET_STATUS chan 12").unwrap();
+    assert_eq!(request.command, Command::FleetStatus { srvid: Some(12) });
+    assert!(parse("FLEET_STATUS - ").is_err());
+    assert!(parse("FLEET_STATUS chan x").is_err());
+}
