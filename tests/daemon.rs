@@ -847,3 +847,141 @@ async fn many_servers_down_at_once_do_not_flood_the_repository() {
     );
     assert!(daemon.is_alive());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_configuration_at_reload_keeps_the_running_one() {
+    let fleet = fleet(1);
+    let srvid = fleet.register(0, 5, None).unwrap();
+    let mut daemon = start(&fleet, FAST);
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert!(snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await);
+    let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
+
+    let good = std::fs::read_to_string(daemon.config_path()).unwrap();
+    std::fs::write(daemon.config_path(), "[repository\nbroken").unwrap();
+    let answer = client
+        .ask("RELOAD", "", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("RELOAD ERROR "), "{answer}");
+    assert!(answer.contains("running one is kept"), "{answer}");
+    daemon.signal(Signal::SIGHUP);
+    let seq = coalesce_seq(&repo, srvid).await;
+    assert!(snapshots_reach(&repo, srvid, seq + 1, Duration::from_secs(15)).await);
+    assert!(daemon.is_alive());
+    assert!(
+        daemon.log().contains("configuration not reloaded"),
+        "{}",
+        daemon.log()
+    );
+
+    // Fixed, with debug logging: applied without restarting the worker.
+    std::fs::write(daemon.config_path(), format!("debug = true\n{good}")).unwrap();
+    let answer = client.ask("RELOAD", "", Duration::from_secs(10)).await;
+    assert_eq!(answer.as_deref(), Some("RELOAD OK OK"));
+    let answer = client
+        .ask("WORKERS_STATUS", "", Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer,
+        format!("WORKERS_STATUS OK {{\"{srvid}\": \"running\"}}")
+    );
+    let seq = coalesce_seq(&repo, srvid).await;
+    assert!(snapshots_reach(&repo, srvid, seq + 1, Duration::from_secs(15)).await);
+    assert!(
+        daemon.log().contains("DEBG"),
+        "debug lines after the reload"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_null_password_comes_from_the_password_file() {
+    let fleet = fleet(1);
+    let remote = &fleet.remotes[0];
+    let secret = "Pgpass-Secret-71";
+    remote
+        .psql(
+            "postgres",
+            &format!(
+                "SET password_encryption = 'scram-sha-256'; \
+                 CREATE ROLE powa_pw LOGIN SUPERUSER PASSWORD '{secret}'"
+            ),
+        )
+        .unwrap();
+    // That role must authenticate with SCRAM: its rule comes first.
+    let hba = remote.data_dir().join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all powa_pw 127.0.0.0/8 scram-sha-256\n{rules}"),
+    )
+    .unwrap();
+    remote.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    let srvid: i32 = fleet
+        .repository
+        .psql(
+            "powa",
+            &format!(
+                "SELECT powa_register_server(hostname => '{}', port => {}, username => 'powa_pw', \
+                 frequency => 5) \\g /dev/null\nSELECT id FROM powa_servers WHERE username = 'powa_pw'",
+                remote.host(),
+                remote.port()
+            ),
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let passfile = dir.path().join("pgpass");
+    std::fs::write(
+        &passfile,
+        format!(
+            "# powa-fleet\n{}:{}:powa:powa_pw:{secret}\n",
+            remote.host(),
+            remote.port()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let daemon = Daemon::start_with_env(
+        Path::new(BIN),
+        &fleet.repository_dsn(),
+        FAST,
+        &[("PGPASSFILE", passfile.to_str().unwrap())],
+    )
+    .unwrap();
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert!(
+        snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await,
+        "no snapshot with the password file:\n{}",
+        daemon.log()
+    );
+    assert!(!daemon.log().contains(secret));
+
+    // A password file others can read is not used, and the error says so.
+    drop(daemon);
+    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let daemon = Daemon::start_with_env(
+        Path::new(BIN),
+        &fleet.repository_dsn(),
+        FAST,
+        &[("PGPASSFILE", passfile.to_str().unwrap())],
+    )
+    .unwrap();
+    let explained = eventually(Duration::from_secs(15), || async {
+        let errors: Option<Vec<String>> = repo
+            .query_one(
+                "SELECT errors FROM powa_snapshot_metas WHERE srvid = $1",
+                &[&srvid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        errors.is_some_and(|e| e.iter().any(|m| m.contains("password file not used")))
+    })
+    .await;
+    assert!(explained, "{}", daemon.log());
+}

@@ -7,7 +7,8 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio_postgres::{Client, Config, NoTls};
 
-use crate::error::{classify, ErrorKind};
+use crate::error::{classify, pg_message, ErrorKind};
+use crate::pgpass::{self, Lookup};
 use crate::redact::redact_dsn;
 use crate::server::ServerSpec;
 use crate::settings::Settings;
@@ -20,13 +21,15 @@ pub enum ConnectError {
     /// The repository DSN does not parse (the DSN shown is redacted).
     #[error("invalid connection string \"{dsn}\": {reason}")]
     InvalidDsn { dsn: String, reason: String },
-    #[error("could not connect to {target}: {source}")]
+    #[error("could not connect to {target}: {}{note}", pg_message(.source))]
     Connect {
         target: String,
         #[source]
         source: tokio_postgres::Error,
+        /// More context, such as a password file that was not used.
+        note: String,
     },
-    #[error("could not set up the session on {target}: {source}")]
+    #[error("could not set up the session on {target}: {}", pg_message(.source))]
     Setup {
         target: String,
         #[source]
@@ -76,23 +79,46 @@ pub async fn connect_repository(settings: &Settings, role: &str) -> Result<Clien
 }
 
 /// Connect to a remote server's PoWA database.
+/// A server registered without a password gets the one of the libpq
+/// password file, if any.
 pub async fn connect_remote(
     spec: &ServerSpec,
     settings: &Settings,
     role: &str,
 ) -> Result<Client, ConnectError> {
     let target = format!("remote server {}", spec.host_port());
-    connect(spec.pg_config(), settings, role, target).await
+    let mut config = spec.pg_config();
+    let mut note = String::new();
+    if spec.password.is_none() {
+        match pgpass::lookup(&spec.hostname, spec.port, &spec.dbname, &spec.username) {
+            Lookup::Found(password) => {
+                config.password(password);
+            }
+            Lookup::NotFound => {}
+            Lookup::Ignored(reason) => note = format!(" (password file not used: {reason})"),
+        }
+    }
+    connect_with_note(config, settings, role, target, note).await
 }
 
 /// Open a session with the common settings, spawn its connection task on
 /// the current runtime, and prepare the session. The task ends by itself
 /// when the client is dropped or the server goes away.
 pub async fn connect(
+    config: Config,
+    settings: &Settings,
+    role: &str,
+    target: String,
+) -> Result<Client, ConnectError> {
+    connect_with_note(config, settings, role, target, String::new()).await
+}
+
+async fn connect_with_note(
     mut config: Config,
     settings: &Settings,
     role: &str,
     target: String,
+    note: String,
 ) -> Result<Client, ConnectError> {
     apply_common(&mut config, settings, role);
     let (client, connection) =
@@ -102,6 +128,7 @@ pub async fn connect(
             .map_err(|source| ConnectError::Connect {
                 target: target.clone(),
                 source,
+                note,
             })?;
     tokio::spawn(async move {
         // The error, if any, surfaces on the client's next query.

@@ -9,6 +9,7 @@ pub mod error;
 pub mod fault;
 pub mod gate;
 pub mod listener;
+pub mod pgpass;
 pub mod protocol;
 pub mod redact;
 pub mod repo_pool;
