@@ -38,7 +38,7 @@ impl Default for Settings {
         Settings {
             repository_dsn: Secret::new("postgresql:///powa".to_string()),
             use_server_alias: false,
-            max_concurrent_snapshots: 4,
+            max_concurrent_snapshots: 2,
             connect_timeout: Duration::from_secs(10),
             lock_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(300),

@@ -32,7 +32,7 @@ use crate::repository::{self, LastSnapshot};
 use crate::schedule;
 use crate::server::{ServerSpec, SrvId};
 use crate::settings::Settings;
-use crate::snapshot::{take_snapshot, Step};
+use crate::snapshot::{take_snapshot, SnapshotError, Step};
 use crate::status::{Report, StatusActor, WorkerReport, WorkerState};
 
 /// A forced snapshot is refused when the last one is this recent.
@@ -108,8 +108,9 @@ pub struct SnapshotActor {
     forced: bool,
     /// Consecutive failures; reset by a successful snapshot.
     failures: u32,
-    /// Why the last attempt failed, kept across the restart for the status.
-    last_failure: Option<(ErrorKind, String)>,
+    /// Why the last attempt failed (kind, on the repository side, reason),
+    /// kept across the restart for the status.
+    last_failure: Option<(ErrorKind, bool, String)>,
     stopping: bool,
     idle_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
@@ -161,8 +162,9 @@ impl SnapshotActor {
         scrub(text, &secrets)
     }
 
-    /// Report a failure and act on it per [`retry_policy`].
-    fn fail(&mut self, kind: ErrorKind, reason: String, ctx: &mut Context<Self>) {
+    /// Report a failure and act on it per [`retry_policy`]. `repository`
+    /// says which side failed, for the state powa-web shows.
+    fn fail(&mut self, kind: ErrorKind, repository: bool, reason: String, ctx: &mut Context<Self>) {
         let reason = self.scrub(&reason);
         error!(self.logger, "collection failed"; "error_type" => kind.as_str(), "error" => &reason);
         self.report.last_errors = vec![reason.clone()];
@@ -178,7 +180,7 @@ impl SnapshotActor {
                 )));
             }
             Retry::Backoff | Retry::NextSchedule => {
-                self.last_failure = Some((kind, reason));
+                self.last_failure = Some((kind, repository, reason));
                 // The actix Supervisor restarts us; `restarting` and
                 // `started` plan the next attempt.
                 ctx.stop();
@@ -222,6 +224,7 @@ impl Actor for SnapshotActor {
             if lost {
                 act.fail(
                     ErrorKind::Connection,
+                    false,
                     "connection to the remote server lost".to_string(),
                     ctx,
                 );
@@ -231,8 +234,8 @@ impl Actor for SnapshotActor {
             0 => Duration::ZERO,
             n => backoff_delay(n - 1, self.settings.backoff_min, self.settings.backoff_max),
         };
-        if let Some((kind, reason)) = self.last_failure.take() {
-            let state = match (kind, reason.contains("repository")) {
+        if let Some((kind, repository, reason)) = self.last_failure.take() {
+            let state = match (kind, repository) {
                 (ErrorKind::Connection, true) => WorkerState::NoRepository(reason),
                 (ErrorKind::Connection, false) => WorkerState::NoRemote(reason),
                 _ => WorkerState::Restarting {
@@ -264,7 +267,11 @@ impl Supervised for SnapshotActor {
         self.forced = false;
         self.timer = None;
         if self.last_failure.is_none() {
-            self.last_failure = Some((ErrorKind::Internal, "actor stopped unexpectedly".into()));
+            self.last_failure = Some((
+                ErrorKind::Internal,
+                false,
+                "actor stopped unexpectedly".into(),
+            ));
         }
     }
 }
@@ -281,6 +288,8 @@ struct StepFailure {
     reason: String,
     /// Write it to `powa_snapshot_metas.errors` (replacing).
     record: bool,
+    /// The repository failed, not the remote server.
+    repository: bool,
 }
 
 impl StepFailure {
@@ -289,6 +298,7 @@ impl StepFailure {
             kind,
             reason: reason.to_string(),
             record: true,
+            repository: false,
         }
     }
 }
@@ -309,6 +319,7 @@ async fn guarded<T>(
                 kind: ErrorKind::Internal,
                 reason: format!("internal error (panic): {what}"),
                 record: false,
+                repository: false,
             })
         }
     }
@@ -321,6 +332,7 @@ fn pool_failure(e: crate::connect::ConnectError) -> StepFailure {
         kind: e.kind(),
         reason: e.to_string(),
         record: false,
+        repository: true,
     }
 }
 
@@ -400,6 +412,7 @@ impl Handler<Connect> for SnapshotActor {
                              (register it with powa_register_server)"
                         .to_string(),
                     record: false,
+                    repository: false,
                 });
             }
             let remote = within(deadline, "connecting", async {
@@ -457,7 +470,7 @@ impl Handler<Connect> for SnapshotActor {
                         act.wake_idle_waiters();
                     }
                 }
-                Err(failure) => act.fail(failure.kind, failure.reason, ctx),
+                Err(failure) => act.fail(failure.kind, failure.repository, failure.reason, ctx),
             }
         }));
     }
@@ -557,8 +570,11 @@ impl Handler<Due> for SnapshotActor {
                     act.arm(next, ctx);
                     act.publish();
                 }
-                Ok((_, _, Err(e))) => act.fail(e.kind(), e.to_string(), ctx),
-                Err(failure) => act.fail(failure.kind, failure.reason, ctx),
+                Ok((_, _, Err(e))) => {
+                    let repository = matches!(e, SnapshotError::Repository { .. });
+                    act.fail(e.kind(), repository, e.to_string(), ctx)
+                }
+                Err(failure) => act.fail(failure.kind, failure.repository, failure.reason, ctx),
             }
             if act.stopping {
                 act.remote = None;
@@ -639,7 +655,7 @@ impl Handler<Refresh> for SnapshotActor {
             act.busy = false;
             match result {
                 Ok(remote) => act.remote = Some(remote),
-                Err(failure) => act.fail(failure.kind, failure.reason, ctx),
+                Err(failure) => act.fail(failure.kind, failure.repository, failure.reason, ctx),
             }
             if act.stopping {
                 act.remote = None;
