@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use powa_fleet_harness::daemon::{eventually, Daemon, Requester};
-use powa_fleet_harness::fleet::coalesce_seq;
+use powa_fleet_harness::fleet::{coalesce_seq, stored_errors};
 use powa_fleet_harness::{require_binaries, Fleet};
 use tokio_postgres::Client;
 
@@ -330,14 +330,7 @@ async fn an_unreachable_server_is_reported_without_its_password() {
     let repo = fleet.repository.client("powa").await.unwrap();
 
     let recorded = eventually(Duration::from_secs(15), || async {
-        let errors: Option<Vec<String>> = repo
-            .query_one(
-                "SELECT errors FROM powa_snapshot_metas WHERE srvid = $1",
-                &[&bad],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let errors = stored_errors(&repo, bad).await;
         errors.is_some_and(|e| e.iter().any(|m| m.contains("could not connect")))
     })
     .await;
@@ -438,14 +431,7 @@ async fn a_frozen_server_is_detected_and_the_others_keep_their_rhythm() {
 
     fleet.remotes[0].freeze();
     let reported = eventually(Duration::from_secs(20), || async {
-        let errors: Option<Vec<String>> = repo
-            .query_one(
-                "SELECT errors FROM powa_snapshot_metas WHERE srvid = $1",
-                &[&frozen],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let errors = stored_errors(&repo, frozen).await;
         errors.is_some_and(|e| e.iter().any(|m| m.contains("not answering")))
     })
     .await;
@@ -972,14 +958,7 @@ async fn a_null_password_comes_from_the_password_file() {
     )
     .unwrap();
     let explained = eventually(Duration::from_secs(15), || async {
-        let errors: Option<Vec<String>> = repo
-            .query_one(
-                "SELECT errors FROM powa_snapshot_metas WHERE srvid = $1",
-                &[&srvid],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let errors = stored_errors(&repo, srvid).await;
         errors.is_some_and(|e| e.iter().any(|m| m.contains("password file not used")))
     })
     .await;

@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use powa_fleet_harness::daemon::{eventually, Daemon};
 use powa_fleet_harness::fleet::{
     coalesce_seq, register_server, remote_options, repository_options, setup_remote,
-    setup_repository,
+    setup_repository, stored_errors,
 };
 use powa_fleet_harness::reference::{cpu_seconds, Reference};
 use powa_fleet_harness::workload::workload_sql;
@@ -167,14 +167,6 @@ async fn same_history_as_the_reference_collector() {
     let statements = &ours_history[0].1;
     assert!(statements.len() >= 2000, "{} statements", statements.len());
     for (client, srvid) in [(&ours_client, srvids[0]), (&theirs_client, srvids[1])] {
-        let errors: Option<Vec<String>> = client
-            .query_one(
-                "SELECT errors FROM powa_snapshot_metas WHERE srvid = $1",
-                &[&srvid],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(errors, None);
+        assert_eq!(stored_errors(client, srvid).await, None);
     }
 }

@@ -159,3 +159,15 @@ pub async fn coalesce_seq(repository: &Client, srvid: i32) -> i64 {
         .expect("reading powa_snapshot_metas")
         .get(0)
 }
+
+/// `powa_snapshot_metas.errors` of `srvid`: what powa-web shows for it.
+pub async fn stored_errors(repository: &Client, srvid: i32) -> Option<Vec<String>> {
+    repository
+        .query_one(
+            "SELECT errors FROM powa_snapshot_metas WHERE srvid = $1",
+            &[&srvid],
+        )
+        .await
+        .expect("reading powa_snapshot_metas")
+        .get(0)
+}
