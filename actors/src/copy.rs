@@ -56,7 +56,9 @@ pub async fn pipe(
     while let Some(chunk) = source.next().await {
         let chunk = chunk.map_err(PipeError::Source)?;
         bytes += chunk.len() as u64;
-        sink.send(chunk).await.map_err(PipeError::Sink)?;
+        // `feed`, not `send`: the sink gathers rows into ~4 KiB messages
+        // instead of flushing one message per row.
+        sink.feed(chunk).await.map_err(PipeError::Sink)?;
     }
     let rows = sink.as_mut().finish().await.map_err(PipeError::Sink)?;
     Ok(Copied { rows, bytes })
