@@ -49,6 +49,12 @@ async fn assert_no_session_left(fleet: &Fleet) {
     }
 }
 
+/// WORKERS_STATUS asked from a new session, as powa-web does.
+async fn workers_status(dsn: &str, timeout: Duration) -> Option<String> {
+    let mut client = Requester::connect(dsn).await.unwrap();
+    client.ask("WORKERS_STATUS", "", timeout).await
+}
+
 fn start(fleet: &Fleet, extra: &str) -> Daemon {
     Daemon::start(Path::new(BIN), &fleet.repository_dsn(), extra).expect("daemon starts")
 }
@@ -104,13 +110,9 @@ async fn collects_reloads_stops_servers_and_exits_cleanly() {
     daemon.signal(Signal::SIGHUP);
     assert!(
         eventually(Duration::from_secs(10), || async {
-            let answer = Requester::connect(&fleet.repository_dsn())
+            workers_status(&fleet.repository_dsn(), Duration::from_secs(3))
                 .await
-                .unwrap()
-                .ask("WORKERS_STATUS", "", Duration::from_secs(3))
-                .await
-                .unwrap_or_default();
-            !answer.contains(&format!("\"{first}\""))
+                .is_some_and(|answer| !answer.contains(&format!("\"{first}\"")))
         })
         .await,
         "deactivated server still listed:\n{}",
@@ -335,9 +337,7 @@ async fn an_unreachable_server_is_reported_without_its_password() {
     })
     .await;
     assert!(recorded, "error not recorded:\n{}", daemon.log());
-    let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
-    let status = client
-        .ask("WORKERS_STATUS", "", Duration::from_secs(3))
+    let status = workers_status(&fleet.repository_dsn(), Duration::from_secs(3))
         .await
         .unwrap();
     assert!(
@@ -467,9 +467,7 @@ async fn a_server_without_metas_row_is_reported_not_collected() {
     let daemon = start(&fleet, FAST);
     let dsn = fleet.repository_dsn();
     let reported = eventually(Duration::from_secs(10), || async {
-        let mut client = Requester::connect(&dsn).await.unwrap();
-        client
-            .ask("WORKERS_STATUS", "", Duration::from_secs(2))
+        workers_status(&dsn, Duration::from_secs(2))
             .await
             .is_some_and(|a| a.contains("not registered properly"))
     })
@@ -602,9 +600,7 @@ async fn a_panicking_worker_restarts_with_growing_delays_alone() {
         assert!(d2 <= 4.0 + 1e-6, "capped: {attempts:?}");
     }
     assert!(daemon.log().contains("injected fault"), "{}", daemon.log());
-    let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
-    let status = client
-        .ask("WORKERS_STATUS", "", Duration::from_secs(3))
+    let status = workers_status(&fleet.repository_dsn(), Duration::from_secs(3))
         .await
         .unwrap();
     assert!(
