@@ -7,7 +7,7 @@
 //! without new configuration. Every error names the file and the key and
 //! says what was expected; DSNs only ever appear redacted.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Json, Serialized, Toml};
@@ -570,11 +570,6 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut dyn FnMut(&str, &s
         }
         other => out(prefix, other),
     }
-}
-
-/// Where a path points, for messages.
-pub fn display(path: &Path) -> String {
-    path.display().to_string()
 }
 
 #[cfg(test)]

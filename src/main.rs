@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     match command {
         Command::Config => {
             if let Some(file) = &loaded.file {
-                println!("# configuration file: {}", config::display(file));
+                println!("# configuration file: {}", file.display());
             }
             println!("{}", loaded.describe());
             ExitCode::SUCCESS

@@ -105,11 +105,6 @@ impl RepoPool {
         })
     }
 
-    /// Sessions currently idle in the pool.
-    pub fn idle(&self) -> usize {
-        self.lock().idle.len()
-    }
-
     /// Close every idle session (shutdown).
     pub fn close_idle(&self) {
         self.lock().idle.clear();

@@ -140,10 +140,6 @@ impl SnapshotActor {
         }
     }
 
-    pub fn srvid(&self) -> SrvId {
-        self.spec.srvid
-    }
-
     fn publish(&self) {
         self.shared.status.do_send(Report(self.report.clone()));
     }

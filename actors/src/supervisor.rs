@@ -70,11 +70,6 @@ pub struct Force(pub SrvId);
 #[rtype(result = "()")]
 pub struct StopAll;
 
-/// How many snapshot actors are registered (for tests and logs).
-#[derive(Message)]
-#[rtype(result = "Vec<SrvId>")]
-pub struct Registered;
-
 struct Entry {
     spec: ServerSpec,
     addr: Addr<SnapshotActor>,
@@ -119,11 +114,6 @@ impl Supervisor {
             logger,
             stopping: false,
         }
-    }
-
-    /// The repository pool, shared with the listener for its own queries.
-    pub fn pool(&self) -> RepoPool {
-        self.shared.pool.clone()
     }
 
     fn start_actor(&mut self, spec: ServerSpec) {
@@ -285,16 +275,6 @@ impl Handler<Force> for Supervisor {
                     .unwrap_or_else(|_| Err("The server's worker is restarting".to_string())),
             }
         })
-    }
-}
-
-impl Handler<Registered> for Supervisor {
-    type Result = MessageResult<Registered>;
-
-    fn handle(&mut self, _: Registered, _: &mut Context<Self>) -> Self::Result {
-        let mut ids: Vec<SrvId> = self.registry.keys().copied().collect();
-        ids.sort_unstable();
-        MessageResult(ids)
     }
 }
 
