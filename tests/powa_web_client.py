@@ -26,17 +26,18 @@ def main():
     payload = "%s %s %s" % (command, channel, " ".join(args))
     cur.execute("NOTIFY powa_collector, %s", (payload,))
     deadline = time.time() + 3
-    while time.time() < deadline:
-        ready = select.select([conn], [], [], max(0.0, deadline - time.time()))
-        if ready == ([], [], []):
-            break
+    while True:
+        # The answer may already have been read with the NOTIFY's own
+        # result: look at what psycopg2 holds before waiting on the socket.
         conn.poll()
         while conn.notifies:
             notify = conn.notifies.pop(0)
             if notify.channel == channel and notify.payload.split(" ")[0] == command:
                 print(notify.payload)
                 return 0
-    return 3
+        left = deadline - time.time()
+        if left <= 0 or select.select([conn], [], [], left) == ([], [], []):
+            return 3
 
 
 if __name__ == "__main__":
