@@ -1,67 +1,501 @@
-//! Fleet benchmark: a simulated fleet on this machine, collected by
-//! powa-fleet at several snapshot concurrency limits, to choose the
-//! default from measurement.
+//! Fleet benchmarks: a simulated fleet on this machine (a repository and
+//! remote clusters that each listen on many loopback addresses, every
+//! (address, port) pair a distinct registered server), collected in turn by
+//! powa-fleet and by the reference collector, and measured the same way:
+//! the repository logs every committed snapshot (see
+//! `powa_fleet_harness::simfleet`), the collector's CPU and memory come from
+//! `/proc`, WORKERS_STATUS is asked as powa-web asks it.
 //!
-//! The fleet: one repository and a few remote clusters, each listening on
-//! several loopback addresses (127.0.0.2, 127.0.0.3, ...), so that every
-//! (address, port) pair is a distinct registered server; about 2000
-//! statements per remote. For each limit, the daemon runs for a window and
-//! its log gives the snapshots taken and their durations.
-//!
-//! Usage: cargo bench --bench fleet -- [servers] [frequency_s] [window_s] [limits]
-//! e.g.   cargo bench --bench fleet -- 60 15 45 1,2,4,8
+//! Usage (release build; BENCHMARKS.md has results):
+//!   cargo bench --bench fleet -- compare [servers] [frequency] [window] [collectors]
+//!   cargo bench --bench fleet -- datasource [statements] [comment_bytes] [collectors]
+//!   cargo bench --bench fleet -- scale [servers] [frequency] [window] [collectors]
+//!   cargo bench --bench fleet -- smoke
+//! Collectors, comma-separated: `fleet`, `fleet:limit=N`, `fleet:threads=N`,
+//! `1.2.0` (Debian's package) or another version installed from PyPI
+//! (e.g. `1.3.2`). Defaults: compare 100 30 90 fleet,1.3.2,1.2.0.
 
-use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use powa_fleet_harness::daemon::Daemon;
-use powa_fleet_harness::fleet::{
-    register_server, remote_options, repository_options, setup_remote, setup_repository,
+use nix::sys::signal::Signal;
+use powa_fleet_harness::daemon::{Daemon, Requester};
+use powa_fleet_harness::reference::{cpu_seconds, install_release, Reference};
+use powa_fleet_harness::require_binaries;
+use powa_fleet_harness::simfleet::{
+    logged_snapshots, percentile, process_memory, repository_clock, LoggedSnapshot, ProcessMemory,
+    SimFleet,
 };
-use powa_fleet_harness::reference::cpu_seconds;
-use powa_fleet_harness::workload::workload_sql;
-use powa_fleet_harness::{require_binaries, Cluster};
 
 const BIN: &str = env!("CARGO_BIN_EXE_powa-fleet");
-/// PostgreSQL accepts at most 64 listen addresses per cluster.
-const ADDRESSES_PER_REMOTE: usize = 32;
+/// Debian's reference collector.
+const DEBIAN_REFERENCE: &str = "1.2.0";
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> T {
     args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
+#[derive(Clone, Debug)]
+enum Collector {
+    Fleet { limit: usize, threads: usize },
+    Reference(String),
+}
+
+impl Collector {
+    fn parse(spec: &str) -> Collector {
+        let Some(rest) = spec.strip_prefix("fleet") else {
+            return Collector::Reference(spec.to_string());
+        };
+        let mut limit = 2;
+        let mut threads = 0;
+        for option in rest.split(':').filter(|o| !o.is_empty()) {
+            match option.split_once('=') {
+                Some(("limit", n)) => limit = n.parse().expect("limit=N"),
+                Some(("threads", n)) => threads = n.parse().expect("threads=N"),
+                _ => panic!("unknown collector option {option:?}"),
+            }
+        }
+        Collector::Fleet { limit, threads }
     }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+
+    fn name(&self) -> String {
+        match self {
+            Collector::Fleet { limit, threads } => {
+                format!("powa-fleet limit={limit} threads={threads}")
+            }
+            Collector::Reference(v) => format!("powa-collector {v}"),
+        }
+    }
+
+    fn start(&self, dsn: &str, cache: &Path) -> Running {
+        match self {
+            Collector::Fleet { limit, threads } => {
+                let config = format!(
+                    "[snapshots]\nmax_concurrent = {limit}\nworker_threads = {threads}\n\
+                     [log]\nlevel = \"warning\"\n"
+                );
+                Running::Fleet(Daemon::start(Path::new(BIN), dsn, &config).unwrap())
+            }
+            Collector::Reference(v) if v == DEBIAN_REFERENCE => {
+                Running::Reference(Reference::start(dsn).unwrap())
+            }
+            Collector::Reference(v) => {
+                let root = install_release(v, cache).unwrap();
+                Running::Reference(Reference::start_from(Some(&root), dsn).unwrap())
+            }
+        }
+    }
 }
 
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
+enum Running {
+    Fleet(Daemon),
+    Reference(Reference),
 }
 
-/// Durations (seconds) of the snapshots a daemon log reports.
-fn snapshot_seconds(log: &str) -> Vec<f64> {
-    log.lines()
-        .filter(|l| l.contains("snapshot taken"))
-        .filter_map(|l| {
-            let start = l.find("seconds: ")? + "seconds: ".len();
-            let rest = &l[start..];
-            rest[..rest.find(',').unwrap_or(rest.len())]
-                .trim()
-                .parse()
-                .ok()
+impl Running {
+    fn pid(&self) -> u32 {
+        match self {
+            Running::Fleet(d) => d.pid() as u32,
+            Running::Reference(r) => r.pid(),
+        }
+    }
+
+    fn stop(self) {
+        match self {
+            Running::Fleet(mut d) => {
+                d.signal(Signal::SIGTERM);
+                d.wait_exit(Duration::from_secs(15));
+            }
+            Running::Reference(r) => drop(r),
+        }
+    }
+}
+
+/// WORKERS_STATUS round trips, asked every `every` until `stop` is set.
+fn sample_status_latency(
+    dsn: String,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<f64>, usize)> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let mut requester = Requester::connect(&dsn).await.unwrap();
+            let mut times = Vec::new();
+            let mut unanswered = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let asked = Instant::now();
+                match requester
+                    .ask("WORKERS_STATUS", "", Duration::from_secs(5))
+                    .await
+                {
+                    Some(_) => times.push(asked.elapsed().as_secs_f64() * 1000.0),
+                    None => unanswered += 1,
+                }
+                tokio::time::sleep(every).await;
+            }
+            times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            (times, unanswered)
         })
+    })
+}
+
+/// What one collector did over one measured window.
+struct WindowResult {
+    done: usize,
+    scheduled: f64,
+    durations: Vec<f64>,
+    /// Share of consecutive snapshots of a server `frequency ± 1 s` apart.
+    on_rhythm: f64,
+    /// Longest time any server went without a snapshot in the window.
+    max_gap: f64,
+    never: usize,
+}
+
+fn window_result(
+    log: &[LoggedSnapshot],
+    srvids: &[i32],
+    frequency: f64,
+    from: f64,
+    to: f64,
+) -> WindowResult {
+    let mut durations = Vec::new();
+    let mut gaps_total = 0;
+    let mut gaps_on_rhythm = 0;
+    let mut max_gap: f64 = 0.0;
+    let mut never = 0;
+    let mut done = 0;
+    for srvid in srvids {
+        let ends: Vec<f64> = log
+            .iter()
+            .filter(|s| s.srvid == *srvid)
+            .map(|s| s.ended)
+            .collect();
+        for pair in ends.windows(2) {
+            if pair[1] > from && pair[1] <= to {
+                gaps_total += 1;
+                if ((pair[1] - pair[0]) - frequency).abs() <= 1.0 {
+                    gaps_on_rhythm += 1;
+                }
+            }
+        }
+        let inside: Vec<f64> = ends
+            .iter()
+            .copied()
+            .filter(|t| *t > from && *t <= to)
+            .collect();
+        if inside.is_empty() {
+            never += 1;
+        }
+        done += inside.len();
+        let mut previous = from;
+        for t in inside.iter().chain(std::iter::once(&to)) {
+            max_gap = max_gap.max(t - previous);
+            previous = *t;
+        }
+    }
+    for s in log {
+        if s.ended > from && s.ended <= to && srvids.contains(&s.srvid) {
+            durations.push(s.ended - s.started);
+        }
+    }
+    durations.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    WindowResult {
+        done,
+        scheduled: srvids.len() as f64 * (to - from) / frequency,
+        durations,
+        on_rhythm: gaps_on_rhythm as f64 / gaps_total.max(1) as f64,
+        max_gap,
+        never,
+    }
+}
+
+/// Cold start, one period of warm-up, a measured window with WORKERS_STATUS
+/// sampled all along, then RELOAD with a newly registered server.
+fn compare(args: &[String]) {
+    let servers: usize = arg(args, 0, 100);
+    let frequency: i32 = arg(args, 1, 30);
+    let window: u64 = arg(args, 2, 90);
+    let collectors = collectors(args.get(3), "fleet,1.3.2,1.2.0");
+    let cache = cache_dir();
+    println!("compare: {servers} servers at {frequency}s, {window}s window after one period");
+    // Reference collectors hold one repository session per server.
+    let fleet = SimFleet::build(servers + 1, servers + 60, 2000, 0).unwrap();
+    let srvids = fleet.register(0..servers, frequency).unwrap();
+    let freq = frequency as f64;
+    let mut rows = Vec::new();
+    for collector in &collectors {
+        fleet.reset().unwrap();
+        let start_clock = repository_clock(&fleet.repository).unwrap();
+        let running = collector.start(&fleet.repository_dsn(), &cache);
+        let pid = running.pid();
+        std::thread::sleep(Duration::from_secs(2));
+        let startup = process_memory(pid);
+        std::thread::sleep(Duration::from_secs(frequency as u64 - 2));
+        let from = repository_clock(&fleet.repository).unwrap();
+        let cpu_before = cpu_seconds(pid).unwrap_or(f64::NAN);
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = sample_status_latency(
+            fleet.repository_dsn(),
+            Duration::from_millis(500),
+            stop.clone(),
+        );
+        std::thread::sleep(Duration::from_secs(window));
+        let to = repository_clock(&fleet.repository).unwrap();
+        let cpu = cpu_seconds(pid).unwrap_or(f64::NAN) - cpu_before;
+        let memory = process_memory(pid);
+        stop.store(true, Ordering::Relaxed);
+        let (latency, unanswered) = sampler.join().unwrap();
+        let log = logged_snapshots(&fleet.repository).unwrap();
+        let result = window_result(&log, &srvids, freq, from, to);
+        let first = log
+            .iter()
+            .filter(|s| s.ended > start_clock)
+            .map(|s| s.ended - start_clock)
+            .fold(f64::INFINITY, f64::min);
+        let reload = reload_to_first_snapshot(&fleet, servers, frequency);
+        running.stop();
+        let row = Row {
+            name: collector.name(),
+            result,
+            cpu_ms: 1000.0 * cpu,
+            startup,
+            memory,
+            latency,
+            unanswered,
+            reload,
+            first,
+        };
+        row.print_raw();
+        rows.push(row);
+    }
+    println!();
+    Row::print_table(&rows);
+}
+
+/// Register address `index`, send RELOAD, and time its first snapshot.
+fn reload_to_first_snapshot(fleet: &SimFleet, index: usize, frequency: i32) -> Option<f64> {
+    let srvid = fleet.register(index..index + 1, frequency).unwrap()[0];
+    let asked = repository_clock(&fleet.repository).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dsn = fleet.repository_dsn();
+    runtime.block_on(async {
+        let requester = Requester::connect(&dsn).await.unwrap();
+        requester
+            .notify(&format!("RELOAD {}", Requester::new_channel()))
+            .await
+            .unwrap();
+    });
+    let deadline = Instant::now() + Duration::from_secs(3 * frequency as u64 + 30);
+    let mut taken = None;
+    while Instant::now() < deadline {
+        let log = logged_snapshots(&fleet.repository).unwrap();
+        if let Some(s) = log.iter().find(|s| s.srvid == srvid && s.ended > asked) {
+            taken = Some(s.ended - asked);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    fleet.unregister(srvid).unwrap();
+    taken
+}
+
+struct Row {
+    name: String,
+    result: WindowResult,
+    cpu_ms: f64,
+    startup: ProcessMemory,
+    memory: ProcessMemory,
+    latency: Vec<f64>,
+    unanswered: usize,
+    reload: Option<f64>,
+    first: f64,
+}
+
+impl Row {
+    fn print_raw(&self) {
+        let r = &self.result;
+        println!(
+            "raw {}: done={} scheduled={:.0} never={} on_rhythm={:.3} max_gap={:.1}s \
+             first_snapshot_after={:.1}s durations p50={:.3} p90={:.3} max={:.3} \
+             cpu_window={:.0}ms startup_rss={:.1}MiB rss={:.1}MiB peak={:.1}MiB threads={} \
+             status n={} unanswered={} p50={:.2}ms p99={:.2}ms max={:.2}ms reload={:?}",
+            self.name,
+            r.done,
+            r.scheduled,
+            r.never,
+            r.on_rhythm,
+            r.max_gap,
+            self.first,
+            percentile(&r.durations, 0.5),
+            percentile(&r.durations, 0.9),
+            percentile(&r.durations, 1.0),
+            self.cpu_ms,
+            self.startup.rss_mib,
+            self.memory.rss_mib,
+            self.memory.peak_mib,
+            self.memory.threads,
+            self.latency.len(),
+            self.unanswered,
+            percentile(&self.latency, 0.5),
+            percentile(&self.latency, 0.99),
+            percentile(&self.latency, 1.0),
+            self.reload,
+        );
+    }
+
+    fn print_table(rows: &[Row]) {
+        println!(
+            "| collector | done/scheduled | done % | on rhythm % | max gap s | p50 s | p90 s \
+             | CPU ms/snapshot | startup RSS MiB | peak RSS MiB | threads | status p50 ms \
+             | status p99 ms | RELOAD→snapshot s |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for row in rows {
+            let r = &row.result;
+            println!(
+                "| {} | {}/{:.0} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} | {:.1} | {:.1} | {:.1} \
+                 | {} | {:.2} | {:.2} | {} |",
+                row.name,
+                r.done,
+                r.scheduled,
+                100.0 * r.done as f64 / r.scheduled,
+                100.0 * r.on_rhythm,
+                r.max_gap,
+                percentile(&r.durations, 0.5),
+                percentile(&r.durations, 0.9),
+                row.cpu_ms / r.done.max(1) as f64,
+                row.startup.rss_mib,
+                row.memory.peak_mib,
+                row.memory.threads,
+                percentile(&row.latency, 0.5),
+                percentile(&row.latency, 0.99),
+                row.reload.map_or("none".to_string(), |s| format!("{s:.1}")),
+            );
+        }
+    }
+}
+
+/// Peak RSS while one server with a large datasource is snapshotted,
+/// against the same collector on a server with a small one.
+fn datasource(args: &[String]) {
+    let statements: usize = arg(args, 0, 35_000);
+    let comment: usize = arg(args, 1, 1024);
+    let collectors = collectors(args.get(2), "fleet,1.3.2,1.2.0");
+    let cache = cache_dir();
+    println!("datasource: {statements} statements with {comment}-byte comments");
+    let small = SimFleet::build(1, 100, 2000, 0).unwrap();
+    let large = SimFleet::build(1, 100, statements, comment).unwrap();
+    let size = large.remotes[0]
+        .psql("powa", "SELECT sum(length(query)) FROM pg_stat_statements")
+        .unwrap();
+    println!("query text in pg_stat_statements: {} bytes", size.trim());
+    println!("| collector | peak RSS small MiB | peak RSS large MiB | growth MiB |");
+    println!("|---|---|---|---|");
+    for collector in &collectors {
+        let peaks: Vec<f64> = [&small, &large]
+            .iter()
+            .map(|fleet| {
+                let srvid = fleet.register(0..1, 5).unwrap()[0];
+                fleet.reset().unwrap();
+                let running = collector.start(&fleet.repository_dsn(), &cache);
+                let deadline = Instant::now() + Duration::from_secs(600);
+                let mut peak = f64::NAN;
+                while Instant::now() < deadline {
+                    let log = logged_snapshots(&fleet.repository).unwrap();
+                    peak = process_memory(running.pid()).peak_mib;
+                    if log.iter().any(|s| s.srvid == srvid) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                running.stop();
+                fleet.unregister(srvid).unwrap();
+                peak
+            })
+            .collect();
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} |",
+            collector.name(),
+            peaks[0],
+            peaks[1],
+            peaks[1] - peaks[0]
+        );
+    }
+}
+
+/// Many servers registered, snapshots running: memory and WORKERS_STATUS.
+fn scale(args: &[String]) {
+    let servers: usize = arg(args, 0, 1000);
+    let frequency: i32 = arg(args, 1, 300);
+    let window: u64 = arg(args, 2, 60);
+    let collectors = collectors(args.get(3), "fleet:threads=1,fleet");
+    let cache = cache_dir();
+    println!("scale: {servers} servers at {frequency}s, {window}s window after 30s");
+    let fleet = SimFleet::build(servers, servers + 60, 200, 0).unwrap();
+    let srvids = fleet.register(0..servers, frequency).unwrap();
+    println!(
+        "| collector | snapshots | CPU ms/snapshot | RSS MiB | peak RSS MiB | threads \
+         | status n | status p50 ms | status p99 ms | status max ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for collector in &collectors {
+        fleet.reset().unwrap();
+        let running = collector.start(&fleet.repository_dsn(), &cache);
+        let pid = running.pid();
+        std::thread::sleep(Duration::from_secs(30));
+        let from = repository_clock(&fleet.repository).unwrap();
+        let cpu_before = cpu_seconds(pid).unwrap_or(f64::NAN);
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = sample_status_latency(
+            fleet.repository_dsn(),
+            Duration::from_millis(200),
+            stop.clone(),
+        );
+        std::thread::sleep(Duration::from_secs(window));
+        let to = repository_clock(&fleet.repository).unwrap();
+        let cpu = cpu_seconds(pid).unwrap_or(f64::NAN) - cpu_before;
+        let memory = process_memory(pid);
+        stop.store(true, Ordering::Relaxed);
+        let (latency, _) = sampler.join().unwrap();
+        let log = logged_snapshots(&fleet.repository).unwrap();
+        let done = window_result(&log, &srvids, frequency as f64, from, to).done;
+        running.stop();
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {:.2} | {:.2} | {:.2} |",
+            collector.name(),
+            done,
+            1000.0 * cpu / done.max(1) as f64,
+            memory.rss_mib,
+            memory.peak_mib,
+            memory.threads,
+            latency.len(),
+            percentile(&latency, 0.5),
+            percentile(&latency, 0.99),
+            percentile(&latency, 1.0),
+        );
+    }
+}
+
+fn collectors(spec: Option<&String>, default: &str) -> Vec<Collector> {
+    spec.map_or(default, |s| s.as_str())
+        .split(',')
+        .map(Collector::parse)
         .collect()
+}
+
+fn cache_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reference-releases");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 fn main() {
@@ -69,81 +503,16 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let servers: usize = arg(&args, 0, 60);
-    let frequency: i32 = arg(&args, 1, 15);
-    let window: u64 = arg(&args, 2, 45);
-    let limits: Vec<usize> = args
-        .get(3)
-        .map(|l| l.split(',').filter_map(|n| n.parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 2, 4, 8]);
     require_binaries().expect("PostgreSQL and PoWA installed");
-
-    let remotes_needed = servers.div_ceil(ADDRESSES_PER_REMOTE);
-    println!("setting up {servers} servers on {remotes_needed} remote clusters...");
-    let mut repo_opts = repository_options();
-    repo_opts.extra_conf.push("max_connections = 300".into());
-    let repository = Cluster::start(repo_opts).unwrap();
-    setup_repository(&repository).unwrap();
-    let mut remotes = Vec::new();
-    for r in 0..remotes_needed {
-        let mut opts = remote_options();
-        let first = 2 + r * ADDRESSES_PER_REMOTE;
-        opts.listen_addresses = (first..first + ADDRESSES_PER_REMOTE)
-            .map(|i| Ipv4Addr::new(127, 0, (i / 250) as u8, (i % 250) as u8 + 1))
-            .collect();
-        let cluster = Cluster::start(opts).unwrap();
-        setup_remote(&cluster).unwrap();
-        cluster.psql("powa", &workload_sql(2000, 0)).unwrap();
-        remotes.push((cluster, first));
-    }
-    let mut registered = 0;
-    'outer: for (cluster, first) in &remotes {
-        for i in *first..*first + ADDRESSES_PER_REMOTE {
-            if registered == servers {
-                break 'outer;
-            }
-            let host = Ipv4Addr::new(127, 0, (i / 250) as u8, (i % 250) as u8 + 1).to_string();
-            register_server(&repository, &host, cluster.port(), frequency, None).unwrap();
-            registered += 1;
+    let rest = args.get(1..).unwrap_or_default();
+    match args.first().map(String::as_str) {
+        Some("compare") | None => compare(rest),
+        Some("datasource") => datasource(rest),
+        Some("scale") => scale(rest),
+        Some("smoke") => compare(&["4".into(), "5".into(), "10".into(), "fleet".into()]),
+        Some(other) => {
+            eprintln!("unknown benchmark {other:?}: compare, datasource, scale or smoke");
+            std::process::exit(2);
         }
-    }
-
-    println!(
-        "\n{servers} servers, frequency {frequency}s, window {window}s (after one period of warm-up)\n"
-    );
-    println!(
-        "{:>6} {:>10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>9}",
-        "limit", "snapshots", "scheduled", "done %", "p50 s", "p90 s", "CPU ms/sn", "peak MiB"
-    );
-    for limit in limits {
-        let config = format!("[snapshots]\nmax_concurrent = {limit}\n[log]\nlevel = \"info\"\n");
-        let mut daemon = Daemon::start(Path::new(BIN), &repository.dsn("powa"), &config).unwrap();
-        let pid = daemon.pid() as u32;
-        // Warm-up: one period, so every server has found its slot.
-        std::thread::sleep(Duration::from_secs(frequency as u64));
-        let warm_log = daemon.log();
-        let skip = snapshot_seconds(&warm_log).len();
-        let cpu_start = cpu_seconds(pid).unwrap_or(f64::NAN);
-        let started = Instant::now();
-        std::thread::sleep(Duration::from_secs(window));
-        let elapsed = started.elapsed().as_secs_f64();
-        let cpu = cpu_seconds(pid).unwrap_or(f64::NAN) - cpu_start;
-        let peak = peak_rss_mib(pid);
-        let mut durations: Vec<f64> = snapshot_seconds(&daemon.log())[skip..].to_vec();
-        daemon.signal(nix::sys::signal::Signal::SIGTERM);
-        daemon.wait_exit(Duration::from_secs(15));
-        durations.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let scheduled = servers as f64 * elapsed / frequency as f64;
-        println!(
-            "{:>6} {:>10} {:>10.0} {:>8.1} {:>8.3} {:>8.3} {:>10.1} {:>9.1}",
-            limit,
-            durations.len(),
-            scheduled,
-            100.0 * durations.len() as f64 / scheduled,
-            percentile(&durations, 0.5),
-            percentile(&durations, 0.9),
-            1000.0 * cpu / durations.len().max(1) as f64,
-            peak
-        );
     }
 }

@@ -183,8 +183,8 @@ fn print_table(workers: &[serde_json::Value]) {
         None => "-".to_string(),
     };
     println!(
-        "{:>6}  {:<24} {:<32} {:>10} {:>8} {:>8} {:>8} {:>8}  LAST ERROR",
-        "SRVID", "NAME", "STATE", "SNAPSHOT", "SECONDS", "ROWS", "NEXT", "RESTARTS"
+        "{:>6}  {:<24} {:<32} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}  LAST ERROR",
+        "SRVID", "NAME", "STATE", "SNAPSHOT", "SECONDS", "LAG", "ROWS", "NEXT", "RESTARTS"
     );
     for w in workers {
         let text = |key: &str| w[key].as_str().unwrap_or_default().to_string();
@@ -194,7 +194,7 @@ fn print_table(workers: &[serde_json::Value]) {
             .and_then(|e| e.as_str())
             .unwrap_or("");
         println!(
-            "{:>6}  {:<24} {:<32} {:>10} {:>8} {:>8} {:>8} {:>8}  {}",
+            "{:>6}  {:<24} {:<32} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}  {}",
             w["srvid"],
             text("name"),
             text("state"),
@@ -202,6 +202,9 @@ fn print_table(workers: &[serde_json::Value]) {
             w["last_duration"]
                 .as_f64()
                 .map_or("-".to_string(), |d| format!("{d:.2}")),
+            w["last_lag"]
+                .as_f64()
+                .map_or("-".to_string(), |d| format!("{d:.1}")),
             w["last_rows"],
             due(&w["next_due"]),
             w["restarts"],

@@ -403,6 +403,7 @@ fn report_json(report: &WorkerReport) -> String {
         "state": cut(&state),
         "last_snapshot": epoch(report.last_snapshot),
         "last_duration": report.last_duration.map(|d| d.as_secs_f64()),
+        "last_lag": report.last_lag.map(|d| d.as_secs_f64()),
         "last_rows": report.last_rows,
         "last_errors": errors,
         "restarts": report.restarts,

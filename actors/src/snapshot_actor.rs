@@ -540,13 +540,14 @@ impl Handler<Due> for SnapshotActor {
                     if report.errors.is_empty() {
                         info!(act.logger, "snapshot taken"; "rows" => report.rows,
                             "seconds" => report.elapsed.as_secs_f64(),
-                            "waited_secs" => waited.as_secs_f64());
+                            "lag_secs" => waited.as_secs_f64());
                     } else {
                         warn!(act.logger, "snapshot taken with errors"; "rows" => report.rows,
                             "errors" => report.errors.join("; "));
                     }
                     act.report.last_snapshot = Some(now);
                     act.report.last_duration = Some(report.elapsed);
+                    act.report.last_lag = Some(waited);
                     act.report.last_rows = report.rows;
                     act.report.last_errors = report.errors.iter().map(|e| act.scrub(e)).collect();
                     act.report.state = WorkerState::Running;

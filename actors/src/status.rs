@@ -92,6 +92,9 @@ pub struct WorkerReport {
     /// When the last successful snapshot ended.
     pub last_snapshot: Option<SystemTime>,
     pub last_duration: Option<Duration>,
+    /// How long the last snapshot started after its due time (waiting for
+    /// a concurrency slot): the collection's lag behind its schedule.
+    pub last_lag: Option<Duration>,
     pub last_rows: u64,
     /// Errors of the last snapshot or connection attempt (redacted).
     pub last_errors: Vec<String>,
@@ -109,6 +112,7 @@ impl WorkerReport {
             state: WorkerState::Starting,
             last_snapshot: None,
             last_duration: None,
+            last_lag: None,
             last_rows: 0,
             last_errors: Vec::new(),
             restarts: 0,

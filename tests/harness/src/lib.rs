@@ -15,6 +15,7 @@ pub mod error;
 pub mod fleet;
 pub mod pgbin;
 pub mod reference;
+pub mod simfleet;
 pub mod workload;
 
 pub use cluster::{Cluster, ClusterOptions};

@@ -1,9 +1,10 @@
-//! The reference collector (Debian's `powa-collector`), run beside
-//! powa-fleet in compatibility tests and benchmarks. It only reads its JSON
-//! configuration from fixed places; the launcher points that list at a
-//! private file instead, leaving the system's file alone.
+//! The reference collector (Debian's `powa-collector`, or a release from
+//! PyPI installed into a private directory), run beside powa-fleet in
+//! compatibility tests and benchmarks. It only reads its JSON configuration
+//! from fixed places; the launcher points that list at a private file
+//! instead, leaving the system's file alone.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use crate::error::HarnessError;
@@ -29,7 +30,17 @@ impl Reference {
         Path::new(PACKAGE_DIR).is_dir() && Path::new("/usr/bin/python3").exists()
     }
 
+    /// Debian's release.
     pub fn start(repository_dsn: &str) -> Result<Reference, HarnessError> {
+        Reference::start_from(None, repository_dsn)
+    }
+
+    /// The release installed in `package_root` (see [`install_release`]),
+    /// or Debian's when `None`.
+    pub fn start_from(
+        package_root: Option<&Path>,
+        repository_dsn: &str,
+    ) -> Result<Reference, HarnessError> {
         let dir = tempfile::tempdir().map_err(|e| HarnessError::io("reference dir", e))?;
         let config = dir.path().join("powa-collector.conf");
         let json = format!(
@@ -42,7 +53,11 @@ impl Reference {
         let err = log
             .try_clone()
             .map_err(|e| HarnessError::io("reference log", e))?;
-        let child = Command::new("/usr/bin/python3")
+        let mut command = Command::new("/usr/bin/python3");
+        if let Some(root) = package_root {
+            command.env("PYTHONPATH", root);
+        }
+        let child = command
             .args(["-c", LAUNCHER])
             .arg(&config)
             .stdin(Stdio::null())
@@ -67,6 +82,28 @@ impl Drop for Reference {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Install powa-collector `version` from PyPI into `dir` (once) for
+/// Debian's Python, which has psycopg2; the directory to give
+/// [`Reference::start_from`].
+pub fn install_release(version: &str, dir: &Path) -> Result<PathBuf, HarnessError> {
+    let root = dir.join(format!("powa-collector-{version}"));
+    if root.join("powa_collector").is_dir() {
+        return Ok(root);
+    }
+    let status = Command::new("/usr/bin/python3")
+        .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
+        .arg(&root)
+        .arg(format!("powa-collector=={version}"))
+        .status()
+        .map_err(|e| HarnessError::io("running pip", e))?;
+    if !status.success() {
+        return Err(HarnessError::Other(format!(
+            "pip could not install powa-collector {version} ({status})"
+        )));
+    }
+    Ok(root)
 }
 
 /// CPU seconds a process's live threads have used so far, in nanosecond
