@@ -966,3 +966,168 @@ async fn a_null_password_comes_from_the_password_file() {
     .await;
     assert!(explained, "{}", daemon.log());
 }
+
+/// Snapshots in flight while the repository crashes: nothing partial is
+/// left, the daemon reconnects, LISTEN comes back, every schedule resumes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_crash_mid_snapshot_loses_nothing_and_everything_resumes() {
+    let fleet = fleet(2);
+    let servers = [
+        fleet.register(0, 5, None).unwrap(),
+        fleet.register(1, 5, None).unwrap(),
+    ];
+    fleet.workload(0, 200).unwrap();
+    let mut daemon = start(&fleet, &format!("{FAST}[timeouts]\nlock = 60\n"));
+    let before = {
+        let repo = fleet.repository.client("powa").await.unwrap();
+        for srvid in servers {
+            assert!(snapshots_reach(&repo, srvid, 2, Duration::from_secs(30)).await);
+        }
+        // Hold the statements' staging table: the next snapshots wait on it.
+        let locker = fleet.repository.client("powa").await.unwrap();
+        locker
+            .batch_execute("BEGIN; LOCK TABLE powa_statements_src_tmp IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        let blocked = eventually(Duration::from_secs(20), || async {
+            let n: i64 = repo
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE application_name LIKE 'powa-fleet%' AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n > 0
+        })
+        .await;
+        assert!(blocked, "no snapshot in flight:\n{}", daemon.log());
+        [
+            coalesce_seq(&repo, servers[0]).await,
+            coalesce_seq(&repo, servers[1]).await,
+        ]
+    };
+    fleet.repository.stop_immediate().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    fleet.repository.start_again().unwrap();
+
+    // Nothing of the interrupted snapshots survived the crash.
+    let repo = fleet.repository.client("powa").await.unwrap();
+    let staged: i64 = repo
+        .query_one(
+            "SELECT (SELECT count(*) FROM powa_statements_src_tmp) \
+             + (SELECT count(*) FROM powa_kcache_src_tmp) \
+             + (SELECT count(*) FROM powa_databases_src_tmp)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(staged, 0);
+    let history: i64 = repo
+        .query_one(
+            "SELECT count(*) FROM powa_statements_history_current WHERE srvid = $1",
+            &[&servers[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for (srvid, seq) in servers.iter().zip(before) {
+        assert_eq!(coalesce_seq(&repo, *srvid).await, seq);
+    }
+
+    // LISTEN is back: WORKERS_STATUS gets an answer.
+    let answered = eventually(Duration::from_secs(30), || async {
+        match Requester::connect(&fleet.repository_dsn()).await {
+            Ok(mut c) => c
+                .ask("WORKERS_STATUS", "", Duration::from_secs(1))
+                .await
+                .is_some(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(answered, "no answer after the crash:\n{}", daemon.log());
+    // Every server's schedule resumes, and history grows again.
+    for (srvid, seq) in servers.iter().zip(before) {
+        assert!(
+            snapshots_reach(&repo, *srvid, seq + 2, Duration::from_secs(30)).await,
+            "server {srvid} did not resume:\n{}",
+            daemon.log()
+        );
+    }
+    let history_after: i64 = repo
+        .query_one(
+            "SELECT count(*) FROM powa_statements_history_current WHERE srvid = $1",
+            &[&servers[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(history_after > history, "{history_after} <= {history}");
+    assert!(daemon.is_alive());
+}
+
+/// `powa_take_snapshot` raising on the repository, for one server: the
+/// error is stored where powa-web shows it, attempts stay paced (no spin),
+/// the other server keeps its rhythm, and collection comes back once the
+/// cause is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_take_snapshot_is_recorded_paced_and_recovers() {
+    let fleet = fleet(2);
+    let failing = fleet.register(0, 5, None).unwrap();
+    let healthy = fleet.register(1, 5, None).unwrap();
+    let repo = fleet.repository.client("powa").await.unwrap();
+    repo.batch_execute(&format!(
+        "CREATE FUNCTION public.refuse_snapshot() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN RAISE EXCEPTION 'snapshots of this server are refused for a test'; END $$; \
+         CREATE TRIGGER refuse_snapshot BEFORE UPDATE ON powa_snapshot_metas \
+         FOR EACH ROW WHEN (NEW.srvid = {failing} AND NEW.snapts IS DISTINCT FROM OLD.snapts) \
+         EXECUTE FUNCTION public.refuse_snapshot();"
+    ))
+    .await
+    .unwrap();
+    // Default restart settings: the pace is the daemon's own.
+    let mut daemon = start(&fleet, "");
+    let recorded = eventually(Duration::from_secs(20), || async {
+        stored_errors(&repo, failing)
+            .await
+            .is_some_and(|e| e.iter().any(|e| e.contains("refused for a test")))
+    })
+    .await;
+    assert!(recorded, "error not stored:\n{}", daemon.log());
+
+    let pid = daemon.pid() as u32;
+    let cpu_before = powa_fleet_harness::reference::cpu_seconds(pid).unwrap();
+    let attempts_before = daemon.log().matches("refused for a test").count();
+    let healthy_seq = coalesce_seq(&repo, healthy).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let attempts = daemon.log().matches("refused for a test").count() - attempts_before;
+    let cpu = powa_fleet_harness::reference::cpu_seconds(pid).unwrap() - cpu_before;
+    // Backoff from 1 s, capped at the 5 s period: a handful of attempts
+    // (each logged on a line or two), not a loop.
+    assert!(attempts <= 20, "{attempts} log lines of attempts in 20 s");
+    assert!(cpu < 1.0, "{cpu:.2} s of CPU in 20 s");
+    assert!(
+        coalesce_seq(&repo, healthy).await >= healthy_seq + 3,
+        "the healthy server lost its rhythm:\n{}",
+        daemon.log()
+    );
+    let status = workers_status(&fleet.repository_dsn(), Duration::from_secs(3))
+        .await
+        .expect("WORKERS_STATUS answered");
+    assert!(status.contains("refused for a test"), "{status}");
+
+    repo.batch_execute("DROP TRIGGER refuse_snapshot ON powa_snapshot_metas")
+        .await
+        .unwrap();
+    let seq = coalesce_seq(&repo, failing).await;
+    assert!(
+        snapshots_reach(&repo, failing, seq + 1, Duration::from_secs(20)).await,
+        "no recovery:\n{}",
+        daemon.log()
+    );
+    assert_eq!(stored_errors(&repo, failing).await, None);
+    assert!(daemon.is_alive());
+}

@@ -34,6 +34,9 @@ pub struct SnapshotReport {
     pub elapsed: Duration,
     /// Worth a log line, not an error (skipped datasources, nothing to do).
     pub warnings: Vec<String>,
+    /// Why `powa_take_snapshot` failed, when it did: the copy committed its
+    /// errors but no snapshot was recorded.
+    pub not_recorded: Option<String>,
 }
 
 /// A snapshot lost as a whole: nothing was committed.
@@ -180,10 +183,9 @@ pub async fn take_snapshot(
                     .await
                     .map_err(repo("clearing staged rows"))?;
             }
-            report.errors.push(format!(
-                "powa_take_snapshot({srvid}) failed: {}",
-                pg_message(&e)
-            ));
+            let reason = format!("powa_take_snapshot({srvid}) failed: {}", pg_message(&e));
+            report.errors.push(reason.clone());
+            report.not_recorded = Some(reason);
         }
     }
     if !report.errors.is_empty() {

@@ -171,9 +171,15 @@ impl SnapshotActor {
         }
         match retry_policy(kind) {
             Retry::AfterReload => {
+                // Waiting will not help, but a person may fix it without
+                // telling us: try again now and then, and at every reload.
+                let retry = self.settings.backoff_max;
                 self.set_state(WorkerState::Failed(format!(
-                    "{reason} (fix it, then reload)"
+                    "{reason} (fix it, then reload; retried every {}s)",
+                    retry.as_secs()
                 )));
+                self.report.next_due = Some(SystemTime::now() + retry);
+                self.timer = Some(ctx.notify_later(Connect, retry));
             }
             Retry::Backoff | Retry::NextSchedule => {
                 self.last_failure = Some((kind, repository, reason));
@@ -226,10 +232,17 @@ impl Actor for SnapshotActor {
                 );
             }
         });
-        let delay = match self.failures {
+        let mut delay = match self.failures {
             0 => Duration::ZERO,
             n => backoff_delay(n - 1, self.settings.backoff_min, self.settings.backoff_max),
         };
+        if let Some((kind, _, _)) = &self.last_failure {
+            if retry_policy(*kind) == Retry::NextSchedule {
+                // Nothing is broken for good (an SQL error, a timeout): the
+                // backoff paces the first retries, the schedule the others.
+                delay = delay.min(Duration::from_secs(self.spec.frequency.into()));
+            }
+        }
         if let Some((kind, repository, reason)) = self.last_failure.take() {
             let state = match (kind, repository) {
                 (ErrorKind::Connection, true) => WorkerState::NoRepository(reason),
@@ -545,12 +558,13 @@ impl Handler<Due> for SnapshotActor {
                         warn!(act.logger, "snapshot taken with errors"; "rows" => report.rows,
                             "errors" => report.errors.join("; "));
                     }
-                    act.report.last_snapshot = Some(now);
-                    act.report.last_duration = Some(report.elapsed);
+                    if report.not_recorded.is_none() {
+                        act.report.last_snapshot = Some(now);
+                        act.report.last_duration = Some(report.elapsed);
+                        act.report.last_rows = report.rows;
+                    }
                     act.report.last_lag = Some(waited);
-                    act.report.last_rows = report.rows;
                     act.report.last_errors = report.errors.iter().map(|e| act.scrub(e)).collect();
-                    act.report.state = WorkerState::Running;
                     let frequency = Duration::from_secs(act.spec.frequency.into());
                     let scheduled = act.due.unwrap_or(now);
                     let (next, skipped) = if forced && scheduled > now {
@@ -564,6 +578,15 @@ impl Handler<Due> for SnapshotActor {
                             "skipped" => skipped);
                         act.report.skipped += u64::from(skipped);
                     }
+                    // A snapshot the repository refused is not healthy: say
+                    // so until one is recorded; the schedule paces retries.
+                    act.report.state = match &report.not_recorded {
+                        None => WorkerState::Running,
+                        Some(reason) => WorkerState::Restarting {
+                            at: next,
+                            reason: act.scrub(reason),
+                        },
+                    };
                     act.arm(next, ctx);
                     act.publish();
                 }

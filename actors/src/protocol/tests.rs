@@ -1,7 +1,6 @@
 //! Payload in, typed request or rejection and answer text out.
 
 use super::*;
-use std::time::{Duration, Instant};
 
 fn ok(payload: &str) -> Request {
     match parse(payload) {
@@ -420,8 +419,7 @@ fn payload_of_7999_bytes() {
 }
 
 #[test]
-fn huge_payloads_are_linear() {
-    let start = Instant::now();
+fn huge_payloads_are_parsed_or_refused_with_bounded_answers() {
     let words = "w ".repeat(500_000);
     for p in [
         format!("RELOAD r1 {words}"),
@@ -445,11 +443,6 @@ fn huge_payloads_are_linear() {
         Command::RefreshDbCat { dbnames, .. } => assert_eq!(dbnames.len(), n),
         other => panic!("{other:?}"),
     }
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
 }
 
 // ---- answers ----
@@ -621,27 +614,6 @@ fn workers_status_when_non_running_do_not_all_fit() {
     let m = status_json(&workers_status(&states, None));
     assert_eq!(m["1"].as_str().map(str::len), Some(MAX_STATE));
     assert_eq!(m["2"], "running");
-}
-
-#[test]
-fn workers_status_is_fast() {
-    let states = fleet(1000, 3);
-    // Warm up, then take the best of a few runs to avoid scheduler noise.
-    let _ = workers_status(&states, None);
-    let mut best = Duration::MAX;
-    for _ in 0..5 {
-        let t = Instant::now();
-        let a = workers_status(&states, None);
-        best = best.min(t.elapsed());
-        assert!(a.encode().len() <= MAX_PAYLOAD);
-    }
-    // Well under 1 ms in release; debug builds get some slack.
-    let limit = if cfg!(debug_assertions) {
-        Duration::from_millis(5)
-    } else {
-        Duration::from_millis(1)
-    };
-    assert!(best < limit, "{best:?}");
 }
 
 // ---- property-style ----
