@@ -10,6 +10,7 @@
 //!   cargo bench --bench fleet -- compare [servers] [frequency] [window] [collectors]
 //!   cargo bench --bench fleet -- datasource [statements] [comment_bytes] [collectors]
 //!   cargo bench --bench fleet -- scale [servers] [frequency] [window] [collectors]
+//!   cargo bench --bench fleet -- soak [servers] [frequency] [minutes]
 //!   cargo bench --bench fleet -- smoke
 //! Collectors, comma-separated: `fleet`, `fleet:limit=N`, `fleet:threads=N`,
 //! `1.2.0` (Debian's package) or another version installed from PyPI
@@ -485,6 +486,128 @@ fn scale(args: &[String]) {
     }
 }
 
+/// A fault made to one remote cluster (all its servers) for a while.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Stopped in immediate mode, started again.
+    Crash,
+    /// Every process stopped with SIGSTOP, then SIGCONT.
+    Freeze,
+}
+
+/// powa-fleet on many servers for a long time with random faults on the
+/// remote clusters: RSS sampled all along, and every gap in a server's
+/// snapshots longer than 1.5 periods must overlap a fault of its cluster.
+fn soak(args: &[String]) {
+    let servers: usize = arg(args, 0, 500);
+    let frequency: i32 = arg(args, 1, 180);
+    let minutes: u64 = arg(args, 2, 30);
+    println!("soak: {servers} servers at {frequency}s for {minutes} min, random faults");
+    let fleet = SimFleet::build(servers, 100, 200, 0).unwrap();
+    let srvids = fleet.register(0..servers, frequency).unwrap();
+    let collector = Collector::parse("fleet");
+    let running = collector.start(&fleet.repository_dsn(), &cache_dir());
+    let pid = running.pid();
+    let started = repository_clock(&fleet.repository).unwrap();
+    let end = Instant::now() + Duration::from_secs(minutes * 60);
+    // (cluster, fault, from, to) in repository clock seconds.
+    let mut faults: Vec<(usize, Fault, f64, f64)> = Vec::new();
+    let mut rss = Vec::new();
+    let mut step = 0u64;
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_secs(30));
+        step += 1;
+        let memory = process_memory(pid);
+        rss.push(memory.rss_mib);
+        println!(
+            "t={:>5}s rss={:.1}MiB peak={:.1}MiB",
+            step * 30,
+            memory.rss_mib,
+            memory.peak_mib
+        );
+        // Every other step, one fault of 10 to 40 s on a random cluster.
+        if step % 2 == 0 && Instant::now() + Duration::from_secs(60) < end {
+            let cluster = rand_below(fleet.remotes.len() as u64, step) as usize;
+            let fault = if rand_below(2, step * 7) == 0 {
+                Fault::Crash
+            } else {
+                Fault::Freeze
+            };
+            let hold = Duration::from_secs(10 + rand_below(31, step * 13));
+            let from = repository_clock(&fleet.repository).unwrap();
+            let remote = &fleet.remotes[cluster];
+            match fault {
+                Fault::Crash => remote.stop_immediate().unwrap(),
+                Fault::Freeze => remote.freeze(),
+            }
+            std::thread::sleep(hold);
+            match fault {
+                Fault::Crash => remote.start_again().unwrap(),
+                Fault::Freeze => remote.thaw(),
+            }
+            let to = repository_clock(&fleet.repository).unwrap();
+            println!("fault {fault:?} on cluster {cluster} for {:.0}s", to - from);
+            faults.push((cluster, fault, from, to));
+        }
+    }
+    let finished = repository_clock(&fleet.repository).unwrap();
+    let alive = process_memory(pid).threads > 0;
+    let peak = process_memory(pid).peak_mib;
+    running.stop();
+
+    // A server's cluster: addresses are handed out cluster by cluster.
+    let per_cluster = powa_fleet_harness::simfleet::ADDRESSES_PER_REMOTE;
+    let log = logged_snapshots(&fleet.repository).unwrap();
+    let freq = frequency as f64;
+    // After a fault, recovery may take the remaining backoff plus one period.
+    let allowance = freq + 60.0;
+    let mut done = 0;
+    let mut gaps = 0;
+    let mut unexplained = Vec::new();
+    for (index, srvid) in srvids.iter().enumerate() {
+        let cluster = index / per_cluster;
+        let mut times: Vec<f64> = vec![started + freq];
+        times.extend(log.iter().filter(|s| s.srvid == *srvid).map(|s| s.ended));
+        done += times.len() - 1;
+        times.push(finished);
+        for pair in times.windows(2) {
+            if pair[1] - pair[0] <= 1.5 * freq {
+                continue;
+            }
+            gaps += 1;
+            let explained = faults.iter().any(|(c, _, from, to)| {
+                *c == cluster && *from < pair[1] && to + allowance > pair[0]
+            });
+            if !explained {
+                unexplained.push((*srvid, pair[0] - started, pair[1] - started));
+            }
+        }
+    }
+    let scheduled = servers as f64 * (finished - started) / freq;
+    let first = rss.first().copied().unwrap_or(f64::NAN);
+    let last = rss.last().copied().unwrap_or(f64::NAN);
+    let max = rss.iter().copied().fold(f64::NAN, f64::max);
+    println!(
+        "\nsoak: {done} snapshots of {scheduled:.0} scheduled, {} faults, {gaps} gaps longer \
+         than 1.5 periods, {} not explained by a fault; RSS first {first:.1} MiB, last \
+         {last:.1} MiB, max {max:.1} MiB, peak {peak:.1} MiB; daemon alive at the end: {alive}",
+        faults.len(),
+        unexplained.len()
+    );
+    for (srvid, from, to) in unexplained.iter().take(20) {
+        println!("unexplained gap: server {srvid} from t={from:.0}s to t={to:.0}s");
+    }
+}
+
+/// A number below `n`, varied by `salt`, without a generator crate.
+fn rand_below(n: u64, salt: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    (nanos ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)) % n.max(1)
+}
+
 fn collectors(spec: Option<&String>, default: &str) -> Vec<Collector> {
     spec.map_or(default, |s| s.as_str())
         .split(',')
@@ -509,9 +632,10 @@ fn main() {
         Some("compare") | None => compare(rest),
         Some("datasource") => datasource(rest),
         Some("scale") => scale(rest),
+        Some("soak") => soak(rest),
         Some("smoke") => compare(&["4".into(), "5".into(), "10".into(), "fleet".into()]),
         Some(other) => {
-            eprintln!("unknown benchmark {other:?}: compare, datasource, scale or smoke");
+            eprintln!("unknown benchmark {other:?}: compare, datasource, scale, soak or smoke");
             std::process::exit(2);
         }
     }

@@ -145,6 +145,7 @@ pub struct TimeoutsSection {
     pub connect: f64,
     pub lock: f64,
     pub statement: f64,
+    pub remote: f64,
     pub keepalive_idle: f64,
 }
 
@@ -155,6 +156,7 @@ impl Default for TimeoutsSection {
             connect: d.connect_timeout.as_secs_f64(),
             lock: d.lock_timeout.as_secs_f64(),
             statement: d.statement_timeout.as_secs_f64(),
+            remote: d.remote_silence.as_secs_f64(),
             keepalive_idle: d.keepalive_idle.as_secs_f64(),
         }
     }
@@ -454,10 +456,11 @@ fn validate(config: &Config, figment: &Figment, file: Option<String>) -> Result<
             "must be at least 1".to_string(),
         ));
     }
-    let seconds: [(&'static str, f64, bool); 7] = [
+    let seconds: [(&'static str, f64, bool); 8] = [
         ("timeouts.connect", config.timeouts.connect, false),
         ("timeouts.lock", config.timeouts.lock, false),
         ("timeouts.statement", config.timeouts.statement, true),
+        ("timeouts.remote", config.timeouts.remote, false),
         (
             "timeouts.keepalive_idle",
             config.timeouts.keepalive_idle,
@@ -518,6 +521,7 @@ impl Loaded {
             connect_timeout: secs(c.timeouts.connect),
             lock_timeout: secs(c.timeouts.lock),
             statement_timeout: secs(c.timeouts.statement),
+            remote_silence: secs(c.timeouts.remote),
             keepalive_idle: secs(c.timeouts.keepalive_idle),
             backoff_min: secs(c.restart.backoff_min),
             backoff_max: secs(c.restart.backoff_max),

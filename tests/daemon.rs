@@ -424,7 +424,7 @@ async fn a_frozen_server_is_detected_and_the_others_keep_their_rhythm() {
     let fleet = fleet(2);
     let frozen = fleet.register(0, 5, None).unwrap();
     let healthy = fleet.register(1, 5, None).unwrap();
-    let config = format!("{FAST}[timeouts]\nconnect = 2\nstatement = 2\n");
+    let config = format!("{FAST}[timeouts]\nconnect = 2\nremote = 2\n");
     let daemon = start(&fleet, &config);
     let repo = fleet.repository.client("powa").await.unwrap();
     assert!(snapshots_reach(&repo, frozen, 2, Duration::from_secs(20)).await);

@@ -3,6 +3,8 @@
 //! time. Memory stays bounded by the sink's small write buffer whatever the
 //! size of the datasource (the reference collector buffers it whole).
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use futures_util::{pin_mut, SinkExt, StreamExt};
 use tokio_postgres::{Error, Transaction};
@@ -21,6 +23,20 @@ pub enum PipeError {
     Source(Error),
     /// Writing into the repository.
     Sink(Error),
+    /// The remote server sent nothing for this long (frozen, or packets
+    /// dropped): its session is left in an unknown state.
+    Silent(Duration),
+}
+
+/// `fut`, unless the remote server stays silent for `limit`.
+async fn from_remote<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, PipeError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(result) => result.map_err(PipeError::Source),
+        Err(_) => Err(PipeError::Silent(limit)),
+    }
 }
 
 /// Stream the output of `source_sql` (a `COPY ... TO STDOUT`) on `remote`
@@ -31,7 +47,11 @@ pub enum PipeError {
 /// STDIN` that fails before copying starts (a lock timeout on the table,
 /// say) leaves the tokio-postgres session unusable, which would cost the
 /// whole snapshot instead of this datasource.
+///
+/// The remote side must answer within `remote_silence` at every step, so
+/// that a frozen server is given up quickly whatever the datasource's size.
 pub async fn pipe(
+    remote_silence: Duration,
     remote: &Transaction<'_>,
     repository: &Transaction<'_>,
     source_sql: &str,
@@ -42,10 +62,7 @@ pub async fn pipe(
         .batch_execute(&format!("LOCK TABLE {sink_table} IN ROW EXCLUSIVE MODE"))
         .await
         .map_err(PipeError::Sink)?;
-    let source = remote
-        .copy_out(source_sql)
-        .await
-        .map_err(PipeError::Source)?;
+    let source = from_remote(remote_silence, remote.copy_out(source_sql)).await?;
     let sink = repository
         .copy_in::<_, Bytes>(sink_sql)
         .await
@@ -53,7 +70,7 @@ pub async fn pipe(
     pin_mut!(source);
     pin_mut!(sink);
     let mut bytes = 0u64;
-    while let Some(chunk) = source.next().await {
+    while let Some(chunk) = from_remote(remote_silence, async { Ok(source.next().await) }).await? {
         let chunk = chunk.map_err(PipeError::Source)?;
         bytes += chunk.len() as u64;
         // `feed`, not `send`: the sink gathers rows into ~4 KiB messages

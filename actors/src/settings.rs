@@ -21,6 +21,9 @@ pub struct Settings {
     pub lock_timeout: Duration,
     /// `statement_timeout` for every collector session; zero disables it.
     pub statement_timeout: Duration,
+    /// How long a remote server may stay silent during a snapshot before
+    /// it is given up as not answering (frozen, packets dropped).
+    pub remote_silence: Duration,
     /// Idle time before TCP keepalive probes start on every connection.
     pub keepalive_idle: Duration,
     /// First delay before restarting a failed snapshot actor.
@@ -42,6 +45,7 @@ impl Default for Settings {
             connect_timeout: Duration::from_secs(10),
             lock_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(300),
+            remote_silence: Duration::from_secs(30),
             keepalive_idle: Duration::from_secs(30),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),

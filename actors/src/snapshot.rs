@@ -54,6 +54,9 @@ pub enum SnapshotError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The remote server sent nothing for `secs` seconds.
+    #[error("snapshot aborted, remote server sent nothing for {secs}s while {what}: it is not answering")]
+    RemoteSilent { what: &'static str, secs: u64 },
 }
 
 impl SnapshotError {
@@ -62,12 +65,28 @@ impl SnapshotError {
             SnapshotError::Remote { source, .. } | SnapshotError::Repository { source, .. } => {
                 classify(source)
             }
+            SnapshotError::RemoteSilent { .. } => ErrorKind::Connection,
         }
     }
 }
 
 fn remote(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SnapshotError {
     move |source| SnapshotError::Remote { what, source }
+}
+
+/// A remote step, given up when the server stays silent for `limit`; the
+/// inner result is the step's own.
+async fn on_remote<T>(
+    limit: Duration,
+    what: &'static str,
+    fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<Result<T, tokio_postgres::Error>, SnapshotError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| SnapshotError::RemoteSilent {
+            what,
+            secs: limit.as_secs(),
+        })
 }
 
 fn repo(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SnapshotError {
@@ -103,11 +122,13 @@ pub fn copy_statements(srvid: SrvId, ds: &Datasource) -> (String, String, String
     (source, table, sink)
 }
 
-/// Take one snapshot of `srvid` (SPEC steps 1–7).
+/// Take one snapshot of `srvid` (SPEC steps 1–7). The remote server must
+/// answer every step within `remote_silence`.
 pub async fn take_snapshot(
     repo_client: &mut Client,
     remote_client: &mut Client,
     srvid: SrvId,
+    remote_silence: Duration,
     observer: &mut dyn FnMut(Step),
 ) -> Result<SnapshotReport, SnapshotError> {
     let started = Instant::now();
@@ -133,13 +154,14 @@ pub async fn take_snapshot(
         report.elapsed = started.elapsed();
         return Ok(report);
     }
-    let mut remote_tx = remote_client
-        .transaction()
-        .await
-        .map_err(remote("opening the transaction"))?;
+    let what = "opening the transaction";
+    let mut remote_tx = on_remote(remote_silence, what, remote_client.transaction())
+        .await?
+        .map_err(remote(what))?;
 
     for ds in &datasources {
         copy_datasource(
+            remote_silence,
             &mut remote_tx,
             &mut repo_tx,
             srvid,
@@ -149,7 +171,7 @@ pub async fn take_snapshot(
         )
         .await?;
         if let Some(cleanup) = &ds.query_cleanup {
-            cleanup_datasource(&mut remote_tx, cleanup, &mut report).await?;
+            cleanup_datasource(remote_silence, &mut remote_tx, cleanup, &mut report).await?;
         }
     }
 
@@ -203,16 +225,19 @@ pub async fn take_snapshot(
     }
     // The repository side is done; a remote that vanishes now only loses
     // the cleanup's effect, which the next snapshot copes with.
-    if let Err(e) = remote_tx.commit().await {
-        report
+    match on_remote(remote_silence, "committing", remote_tx.commit()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => report
             .warnings
-            .push(format!("ending the remote transaction: {}", pg_message(&e)));
+            .push(format!("ending the remote transaction: {}", pg_message(&e))),
+        Err(e) => report.warnings.push(e.to_string()),
     }
     report.elapsed = started.elapsed();
     Ok(report)
 }
 
 async fn copy_datasource(
+    remote_silence: Duration,
     remote_tx: &mut Transaction<'_>,
     repo_tx: &mut Transaction<'_>,
     srvid: SrvId,
@@ -221,20 +246,29 @@ async fn copy_datasource(
     observer: &mut dyn FnMut(Step),
 ) -> Result<(), SnapshotError> {
     let (source_sql, sink_table, sink_sql) = copy_statements(srvid, ds);
-    let remote_sp = remote_tx
-        .savepoint("powa_fleet_src")
-        .await
-        .map_err(remote("opening a savepoint"))?;
+    let what = "opening a savepoint";
+    let remote_sp = on_remote(remote_silence, what, remote_tx.savepoint("powa_fleet_src"))
+        .await?
+        .map_err(remote(what))?;
     let repo_sp = repo_tx
         .savepoint("powa_fleet_data")
         .await
         .map_err(repo("opening a savepoint"))?;
-    match pipe(&remote_sp, &repo_sp, &source_sql, &sink_table, &sink_sql).await {
+    let piped = pipe(
+        remote_silence,
+        &remote_sp,
+        &repo_sp,
+        &source_sql,
+        &sink_table,
+        &sink_sql,
+    )
+    .await;
+    match piped {
         Ok(copied) => {
-            remote_sp
-                .commit()
-                .await
-                .map_err(remote("releasing a savepoint"))?;
+            let what = "releasing a savepoint";
+            on_remote(remote_silence, what, remote_sp.commit())
+                .await?
+                .map_err(remote(what))?;
             repo_sp
                 .commit()
                 .await
@@ -253,6 +287,12 @@ async fn copy_datasource(
                     return Err(remote("copying a datasource")(e))
                 }
                 PipeError::Sink(e) if is_lost(&e) => return Err(repo("copying a datasource")(e)),
+                PipeError::Silent(limit) => {
+                    return Err(SnapshotError::RemoteSilent {
+                        what: "copying a datasource",
+                        secs: limit.as_secs(),
+                    })
+                }
                 PipeError::Source(e) => format!(
                     "{}: error while calling {POWA_SCHEMA}.{}(0) on the remote server: {}",
                     ds.module,
@@ -266,10 +306,10 @@ async fn copy_datasource(
                     pg_message(&e)
                 ),
             };
-            remote_sp
-                .rollback()
-                .await
-                .map_err(remote("rolling back a savepoint"))?;
+            let what = "rolling back a savepoint";
+            on_remote(remote_silence, what, remote_sp.rollback())
+                .await?
+                .map_err(remote(what))?;
             repo_sp
                 .rollback()
                 .await
@@ -285,22 +325,34 @@ async fn copy_datasource(
 }
 
 async fn cleanup_datasource(
+    remote_silence: Duration,
     remote_tx: &mut Transaction<'_>,
     cleanup: &str,
     report: &mut SnapshotReport,
 ) -> Result<(), SnapshotError> {
-    let sp = remote_tx
-        .savepoint("powa_fleet_cleanup")
-        .await
-        .map_err(remote("opening a savepoint"))?;
+    let what = "opening a savepoint";
+    let sp = on_remote(
+        remote_silence,
+        what,
+        remote_tx.savepoint("powa_fleet_cleanup"),
+    )
+    .await?
+    .map_err(remote(what))?;
     // query_cleanup is SQL written by PoWA in powa_functions, run as is.
-    match sp.batch_execute(cleanup).await {
-        Ok(()) => sp.commit().await.map_err(remote("releasing a savepoint"))?,
-        Err(e) if is_lost(&e) => return Err(remote("running a cleanup query")(e)),
+    let what = "running a cleanup query";
+    match on_remote(remote_silence, what, sp.batch_execute(cleanup)).await? {
+        Ok(()) => {
+            let what = "releasing a savepoint";
+            on_remote(remote_silence, what, sp.commit())
+                .await?
+                .map_err(remote(what))?
+        }
+        Err(e) if is_lost(&e) => return Err(remote(what)(e)),
         Err(e) => {
-            sp.rollback()
-                .await
-                .map_err(remote("rolling back a savepoint"))?;
+            let what = "rolling back a savepoint";
+            on_remote(remote_silence, what, sp.rollback())
+                .await?
+                .map_err(remote(what))?;
             report.errors.push(format!(
                 "error while running \"{cleanup}\" on the remote server: {}",
                 pg_message(&e)

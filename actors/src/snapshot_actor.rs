@@ -510,6 +510,7 @@ impl Handler<Due> for SnapshotActor {
         self.busy = true;
         self.in_snapshot = true;
         let deadline = work_deadline(&self.settings);
+        let remote_silence = self.settings.remote_silence;
         let work = guarded(async move {
             // Waiting for a permit is not the server's fault: the deadline
             // starts once the snapshot may run.
@@ -520,7 +521,9 @@ impl Handler<Due> for SnapshotActor {
                 let mut observer =
                     |step: Step| debug!(logger, "snapshot step"; "step" => format!("{step:?}"));
                 crate::fault::before_snapshot(srvid);
-                let outcome = take_snapshot(&mut repo, &mut remote, srvid, &mut observer).await;
+                let outcome =
+                    take_snapshot(&mut repo, &mut remote, srvid, remote_silence, &mut observer)
+                        .await;
                 Ok((remote, waited, outcome))
             })
             .await

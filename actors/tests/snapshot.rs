@@ -127,9 +127,15 @@ async fn first_snapshot_fills_every_history_table() {
     let (seq_before, _, _) = metas(&repo, srvid).await;
 
     let mut steps = Vec::new();
-    let report = take_snapshot(&mut repo, &mut remote, srvid, &mut |s| steps.push(s))
-        .await
-        .expect("snapshot");
+    let report = take_snapshot(
+        &mut repo,
+        &mut remote,
+        srvid,
+        std::time::Duration::from_secs(30),
+        &mut |s| steps.push(s),
+    )
+    .await
+    .expect("snapshot");
 
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert!(report.rows >= 2000, "{report:?}");
@@ -160,9 +166,15 @@ async fn first_snapshot_fills_every_history_table() {
     ));
 
     fleet.workload(0, 2000).unwrap();
-    let second = take_snapshot(&mut repo, &mut remote, srvid, &mut |_| {})
-        .await
-        .expect("second snapshot");
+    let second = take_snapshot(
+        &mut repo,
+        &mut remote,
+        srvid,
+        std::time::Duration::from_secs(30),
+        &mut |_| {},
+    )
+    .await
+    .expect("second snapshot");
     assert!(second.errors.is_empty(), "{:?}", second.errors);
     assert_history_filled(&repo, &remote, srvid, "no table is skipped").await;
 }
@@ -178,9 +190,15 @@ async fn a_missing_extension_is_recorded_and_the_rest_lands() {
     let mut repo = fleet.repository.client("powa").await.unwrap();
     let mut remote = fleet.remotes[0].client("powa").await.unwrap();
 
-    let report = take_snapshot(&mut repo, &mut remote, srvid, &mut |_| {})
-        .await
-        .expect("snapshot goes on");
+    let report = take_snapshot(
+        &mut repo,
+        &mut remote,
+        srvid,
+        std::time::Duration::from_secs(30),
+        &mut |_| {},
+    )
+    .await
+    .expect("snapshot goes on");
 
     // The qualstats source and its cleanup both fail.
     assert_eq!(report.errors.len(), 2, "{:?}", report.errors);
@@ -212,14 +230,20 @@ async fn a_remote_killed_mid_snapshot_leaves_nothing_behind() {
 
     let victim = &fleet.remotes[0];
     let mut done = 0;
-    let result = take_snapshot(&mut repo, &mut remote, srvid, &mut |step| {
-        if let Step::DatasourceDone { .. } = step {
-            done += 1;
-            if done == 2 {
-                victim.kill();
+    let result = take_snapshot(
+        &mut repo,
+        &mut remote,
+        srvid,
+        std::time::Duration::from_secs(30),
+        &mut |step| {
+            if let Step::DatasourceDone { .. } = step {
+                done += 1;
+                if done == 2 {
+                    victim.kill();
+                }
             }
-        }
-    })
+        },
+    )
     .await;
 
     let err = result.expect_err("the snapshot must fail");
@@ -251,9 +275,15 @@ async fn powa_take_snapshot_raising_is_recorded() {
     .await
     .unwrap();
 
-    let report = take_snapshot(&mut repo, &mut remote, srvid, &mut |_| {})
-        .await
-        .expect("the snapshot itself goes on");
+    let report = take_snapshot(
+        &mut repo,
+        &mut remote,
+        srvid,
+        std::time::Duration::from_secs(30),
+        &mut |_| {},
+    )
+    .await
+    .expect("the snapshot itself goes on");
 
     assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
     assert!(report.errors[0].contains("broken on purpose"));
@@ -334,9 +364,15 @@ async fn a_large_datasource_streams_in_bounded_memory() {
     // writing 5 to clear_refs resets VmHWM to the current RSS.
     std::fs::write("/proc/self/clear_refs", "5").expect("resetting the peak RSS");
     let before = peak_rss_kib();
-    let report = take_snapshot(&mut repo, &mut remote, srvid, &mut |_| {})
-        .await
-        .expect("snapshot");
+    let report = take_snapshot(
+        &mut repo,
+        &mut remote,
+        srvid,
+        std::time::Duration::from_secs(30),
+        &mut |_| {},
+    )
+    .await
+    .expect("snapshot");
     let growth = peak_rss_kib().saturating_sub(before);
     assert!(report.bytes > 20_000_000, "{} bytes", report.bytes);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
@@ -379,9 +415,15 @@ async fn a_lock_timeout_on_a_staging_table_costs_only_that_datasource() {
         .await
         .unwrap();
 
-    let report = take_snapshot(&mut repo, &mut remote, srvid, &mut |_| {})
-        .await
-        .expect("the snapshot goes on");
+    let report = take_snapshot(
+        &mut repo,
+        &mut remote,
+        srvid,
+        std::time::Duration::from_secs(30),
+        &mut |_| {},
+    )
+    .await
+    .expect("the snapshot goes on");
     holder.batch_execute("COMMIT").await.unwrap();
 
     assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
