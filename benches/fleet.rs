@@ -563,6 +563,8 @@ fn soak(args: &[String]) {
     let allowance = freq + 60.0;
     let mut done = 0;
     let mut gaps = 0;
+    let mut own = 0;
+    let mut collateral = 0;
     let mut unexplained = Vec::new();
     for (index, srvid) in srvids.iter().enumerate() {
         let cluster = index / per_cluster;
@@ -575,10 +577,18 @@ fn soak(args: &[String]) {
                 continue;
             }
             gaps += 1;
-            let explained = faults.iter().any(|(c, _, from, to)| {
-                *c == cluster && *from < pair[1] && to + allowance > pair[0]
-            });
-            if !explained {
+            let during = |c: Option<usize>| {
+                faults.iter().any(|(fc, _, from, to)| {
+                    c.map_or(true, |c| *fc == c) && *from < pair[1] && to + allowance > pair[0]
+                })
+            };
+            if during(Some(cluster)) {
+                own += 1;
+            } else if during(None) {
+                // Slots held by a server that froze mid-snapshot, until
+                // `timeouts.remote` gave it up.
+                collateral += 1;
+            } else {
                 unexplained.push((*srvid, pair[0] - started, pair[1] - started));
             }
         }
@@ -589,7 +599,8 @@ fn soak(args: &[String]) {
     let max = rss.iter().copied().fold(f64::NAN, f64::max);
     println!(
         "\nsoak: {done} snapshots of {scheduled:.0} scheduled, {} faults, {gaps} gaps longer \
-         than 1.5 periods, {} not explained by a fault; RSS first {first:.1} MiB, last \
+         than 1.5 periods: {own} during a fault of the server's cluster, {collateral} during a \
+         fault elsewhere, {} not explained by a fault; RSS first {first:.1} MiB, last \
          {last:.1} MiB, max {max:.1} MiB, peak {peak:.1} MiB; daemon alive at the end: {alive}",
         faults.len(),
         unexplained.len()

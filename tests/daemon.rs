@@ -424,17 +424,27 @@ async fn a_frozen_server_is_detected_and_the_others_keep_their_rhythm() {
     let fleet = fleet(2);
     let frozen = fleet.register(0, 5, None).unwrap();
     let healthy = fleet.register(1, 5, None).unwrap();
-    let config = format!("{FAST}[timeouts]\nconnect = 2\nremote = 2\n");
+    // One snapshot slot for the whole fleet: a frozen server must not hold
+    // it while the daemon waits for it to answer.
+    let config =
+        format!("{FAST}[snapshots]\nmax_concurrent = 1\n[timeouts]\nconnect = 2\nremote = 8\n");
     let daemon = start(&fleet, &config);
     let repo = fleet.repository.client("powa").await.unwrap();
     assert!(snapshots_reach(&repo, frozen, 2, Duration::from_secs(20)).await);
-
+    // Freeze it just after a snapshot, between two.
+    let seq = coalesce_seq(&repo, frozen).await;
+    assert!(snapshots_reach(&repo, frozen, seq + 1, Duration::from_secs(10)).await);
     fleet.remotes[0].freeze();
     let reported = eventually(Duration::from_secs(20), || async {
         let errors = stored_errors(&repo, frozen).await;
         errors.is_some_and(|e| e.iter().any(|m| m.contains("not answering")))
     })
     .await;
+    let errors = stored_errors(&repo, frozen).await.unwrap_or_default();
+    assert!(
+        !errors.iter().any(|m| m.contains("snapshot aborted")),
+        "the frozen server took the snapshot slot: {errors:?}"
+    );
     let seq = coalesce_seq(&repo, healthy).await;
     let kept = snapshots_reach(&repo, healthy, seq + 2, Duration::from_secs(15)).await;
     fleet.remotes[0].thaw();

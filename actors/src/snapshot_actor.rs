@@ -24,7 +24,7 @@ use slog::{debug, error, info, o, warn, Logger};
 use tokio_postgres::Client;
 
 use crate::connect::connect_remote;
-use crate::error::{backoff_delay, retry_policy, ErrorKind, Retry};
+use crate::error::{backoff_delay, classify, pg_message, retry_policy, ErrorKind, Retry};
 use crate::gate::Gate;
 use crate::redact::scrub;
 use crate::repo_pool::RepoPool;
@@ -512,6 +512,29 @@ impl Handler<Due> for SnapshotActor {
         let deadline = work_deadline(&self.settings);
         let remote_silence = self.settings.remote_silence;
         let work = guarded(async move {
+            // A remote server that does not answer must not take one of the
+            // fleet's snapshot slots: ask it first, outside the limit.
+            match tokio::time::timeout(remote_silence, remote.simple_query("")).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    return Err(StepFailure::new(
+                        classify(&e),
+                        format!(
+                            "remote server failed before the snapshot: {}",
+                            pg_message(&e)
+                        ),
+                    ))
+                }
+                Err(_) => {
+                    return Err(StepFailure::new(
+                        ErrorKind::Connection,
+                        format!(
+                            "remote server sent nothing for {}s: it is not answering",
+                            remote_silence.as_secs()
+                        ),
+                    ))
+                }
+            }
             // Waiting for a permit is not the server's fault: the deadline
             // starts once the snapshot may run.
             let _permit = gate.acquire(forced, due).await;

@@ -131,7 +131,7 @@ async fn first_snapshot_fills_every_history_table() {
         &mut repo,
         &mut remote,
         srvid,
-        std::time::Duration::from_secs(30),
+        Duration::from_secs(30),
         &mut |s| steps.push(s),
     )
     .await
@@ -170,7 +170,7 @@ async fn first_snapshot_fills_every_history_table() {
         &mut repo,
         &mut remote,
         srvid,
-        std::time::Duration::from_secs(30),
+        Duration::from_secs(30),
         &mut |_| {},
     )
     .await
@@ -194,7 +194,7 @@ async fn a_missing_extension_is_recorded_and_the_rest_lands() {
         &mut repo,
         &mut remote,
         srvid,
-        std::time::Duration::from_secs(30),
+        Duration::from_secs(30),
         &mut |_| {},
     )
     .await
@@ -234,7 +234,7 @@ async fn a_remote_killed_mid_snapshot_leaves_nothing_behind() {
         &mut repo,
         &mut remote,
         srvid,
-        std::time::Duration::from_secs(30),
+        Duration::from_secs(30),
         &mut |step| {
             if let Step::DatasourceDone { .. } = step {
                 done += 1;
@@ -261,6 +261,42 @@ async fn a_remote_killed_mid_snapshot_leaves_nothing_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_remote_frozen_mid_snapshot_is_given_up_after_its_silence_limit() {
+    let fleet = fleet();
+    let srvid = fleet.register(0, 30, None).unwrap();
+    fleet.workload(0, 200).unwrap();
+    let mut repo = fleet.repository.client("powa").await.unwrap();
+    let mut remote = fleet.remotes[0].client("powa").await.unwrap();
+    let (seq_before, _, _) = metas(&repo, srvid).await;
+
+    let victim = &fleet.remotes[0];
+    let started = std::time::Instant::now();
+    let result = take_snapshot(
+        &mut repo,
+        &mut remote,
+        srvid,
+        Duration::from_secs(2),
+        &mut |step| {
+            if let Step::DatasourceDone { .. } = step {
+                victim.freeze();
+            }
+        },
+    )
+    .await;
+    let waited = started.elapsed();
+    victim.thaw();
+
+    let err = result.expect_err("the snapshot must be given up");
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(err.to_string().contains("not answering"), "{err}");
+    // Given up after the silence limit, not after a statement timeout.
+    assert!(waited < Duration::from_secs(20), "{waited:?}");
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert_eq!(tmp_rows(&repo, srvid).await, 0);
+    assert_eq!(metas(&repo, srvid).await.0, seq_before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn powa_take_snapshot_raising_is_recorded() {
     let fleet = fleet();
     let srvid = fleet.register(0, 30, None).unwrap();
@@ -279,7 +315,7 @@ async fn powa_take_snapshot_raising_is_recorded() {
         &mut repo,
         &mut remote,
         srvid,
-        std::time::Duration::from_secs(30),
+        Duration::from_secs(30),
         &mut |_| {},
     )
     .await
@@ -368,7 +404,7 @@ async fn a_large_datasource_streams_in_bounded_memory() {
         &mut repo,
         &mut remote,
         srvid,
-        std::time::Duration::from_secs(30),
+        Duration::from_secs(30),
         &mut |_| {},
     )
     .await
@@ -419,7 +455,7 @@ async fn a_lock_timeout_on_a_staging_table_costs_only_that_datasource() {
         &mut repo,
         &mut remote,
         srvid,
-        std::time::Duration::from_secs(30),
+        Duration::from_secs(30),
         &mut |_| {},
     )
     .await
