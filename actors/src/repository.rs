@@ -28,6 +28,10 @@ pub enum RepositoryError {
     BadVersion(String),
     #[error("PoWA {0} is too old: powa-fleet needs PoWA 4.1 or newer on the repository")]
     TooOld(PowaVersion),
+    #[error(
+        "PoWA {0} is not supported yet: powa-fleet collects PoWA 4.x repositories (4.1 or newer)"
+    )]
+    TooNew(PowaVersion),
     #[error("PoWA version mismatch: repository has {repository}, remote server has {remote} (major.minor must match)")]
     Mismatch {
         repository: PowaVersion,
@@ -112,10 +116,14 @@ async fn extension_version(
     PowaVersion::parse(row.get(0))
 }
 
-/// Refuse repositories older than PoWA 4.1.
+/// Refuse repositories older than PoWA 4.1, and PoWA 5, whose schemas and
+/// datasource layout differ.
 pub fn check_supported(version: &PowaVersion) -> Result<(), RepositoryError> {
     if (version.major, version.minor) < (4, 1) {
         return Err(RepositoryError::TooOld(*version));
+    }
+    if version.major > 4 {
+        return Err(RepositoryError::TooNew(*version));
     }
     Ok(())
 }
@@ -387,7 +395,10 @@ mod tests {
         assert!(check_supported(&PowaVersion::parse("4.0.1").unwrap()).is_err());
         assert!(check_supported(&PowaVersion::parse("3.2.0").unwrap()).is_err());
         assert!(check_supported(&PowaVersion::parse("4.1.0").unwrap()).is_ok());
-        assert!(check_supported(&PowaVersion::parse("5.1.2").unwrap()).is_ok());
+        let message = check_supported(&PowaVersion::parse("5.1.2").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("5.1.2 is not supported yet"), "{message}");
         let message = check_supported(&PowaVersion::parse("4.0.1").unwrap())
             .unwrap_err()
             .to_string();
