@@ -637,7 +637,7 @@ fn handshake_error(err: &io::Error, host: &str, mode: SslMode) -> TlsError {
             }
             CertificateError::UnknownIssuer => format!(
                 "certificate of {host} is not signed by a trusted root certificate \
-                 (sslrootcert) (sslmode {mode})"
+                 (sslrootcert, sslmode {mode})"
             ),
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                 format!("certificate of {host} has expired (sslmode {mode})")
