@@ -413,7 +413,8 @@ pub async fn repository_missing_privileges(
         .query(
             "SELECT what FROM (VALUES \
                ('SELECT on powa_servers', has_table_privilege('public.powa_servers', 'SELECT')), \
-               ('UPDATE on powa_servers', has_table_privilege('public.powa_servers', 'UPDATE')), \
+               ('UPDATE (version) on powa_servers', \
+                 has_column_privilege('public.powa_servers', 'version', 'UPDATE')), \
                ('SELECT on powa_functions', has_table_privilege('public.powa_functions', 'SELECT')), \
                ('SELECT, UPDATE on powa_snapshot_metas', \
                  has_table_privilege('public.powa_snapshot_metas', 'SELECT, UPDATE')), \
@@ -455,26 +456,57 @@ pub async fn staging_missing_privileges(
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
+/// PoWA tables of the remote's own powa database that its source functions
+/// read (found by running them as a role without any grant).
+const REMOTE_READ_TABLES: [&str; 2] = ["public.powa_statements", "public.powa_databases"];
+
+/// The function a cleanup of the form `SELECT name()` calls, as a
+/// signature `to_regprocedure` resolves (`pg_qualstats_reset()`).
+fn cleanup_function(cleanup: &str) -> Option<String> {
+    let call = cleanup.trim().trim_end_matches(';').trim_end();
+    let (select, rest) = call.split_at_checked(6)?;
+    if !select.eq_ignore_ascii_case("select") {
+        return None;
+    }
+    let name = rest.trim().strip_suffix("()")?;
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    plain.then(|| format!("{name}()"))
+}
+
 /// What the remote role lacks to run `datasources`: EXECUTE on each source
-/// function (called as `<source>(0)`), and `pg_read_all_stats` (without
-/// it, other roles' statements are hidden from the statistics).
+/// function (called as `<source>(0)`) and on each cleanup function (such
+/// as `pg_qualstats_reset()`, revoked from PUBLIC by pg_qualstats), SELECT
+/// on the tables the source functions read, and `pg_read_all_stats` (without it, other roles' statements are hidden
+/// from the statistics).
 pub async fn remote_missing_privileges(
     remote: &Client,
     datasources: &[Datasource],
 ) -> Result<Vec<String>, RepositoryError> {
-    let functions: Vec<String> = datasources
+    let mut functions: Vec<String> = datasources
         .iter()
         .map(|d| format!("{POWA_SCHEMA}.{}(integer)", quote_ident(&d.query_source)))
         .collect();
+    functions.extend(
+        datasources
+            .iter()
+            .filter_map(|d| d.query_cleanup.as_deref().and_then(cleanup_function)),
+    );
     let rows = remote
         .query(
             "SELECT 'EXECUTE on ' || f FROM unnest($1::text[]) AS f \
              WHERE CASE WHEN pg_catalog.to_regprocedure(f) IS NULL THEN true \
                    ELSE NOT has_function_privilege(pg_catalog.to_regprocedure(f), 'EXECUTE') END \
              UNION ALL \
+             SELECT 'SELECT on ' || t FROM unnest($2::text[]) AS t \
+             WHERE CASE WHEN pg_catalog.to_regclass(t) IS NULL THEN false \
+                   ELSE NOT has_table_privilege(pg_catalog.to_regclass(t), 'SELECT') END \
+             UNION ALL \
              SELECT 'membership in pg_read_all_stats' \
              WHERE NOT pg_has_role('pg_read_all_stats', 'MEMBER')",
-            &[&functions],
+            &[&functions, &REMOTE_READ_TABLES.to_vec()],
         )
         .await
         .map_err(sql("checking the remote role's privileges"))?;
@@ -522,6 +554,20 @@ mod tests {
             message.contains("4.0.1") && message.contains("4.1"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn cleanup_functions_are_recognised() {
+        assert_eq!(
+            cleanup_function("SELECT pg_qualstats_reset()").as_deref(),
+            Some("pg_qualstats_reset()")
+        );
+        assert_eq!(
+            cleanup_function(" select public.f(); ").as_deref(),
+            Some("public.f()")
+        );
+        assert_eq!(cleanup_function("SELECT f(1)"), None);
+        assert_eq!(cleanup_function("DELETE FROM t"), None);
     }
 
     #[test]
