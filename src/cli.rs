@@ -60,6 +60,9 @@ pub enum Command {
     Run,
     /// Print the merged configuration, where each value comes from, secrets redacted
     Config,
+    /// Connect to the repository and every active server and report what
+    /// is wrong: reachability, TLS, versions, privileges (exit 1 if anything)
+    Check,
     /// Start a throwaway repository and two remote servers and collect them live
     Demo,
     /// Ask a running collector for the state of its workers

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use futures_util::stream::poll_fn;
 use futures_util::StreamExt;
-use powa_fleet_actors::connect::{apply_common, repository_config};
+use powa_fleet_actors::connect::prepare_repository;
 use powa_fleet_actors::settings::Settings;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 /// No answer, or an `ERROR`/`UNKNOWN` answer.
 const EXIT_NO_ANSWER: u8 = 3;
@@ -41,11 +41,9 @@ async fn ask(
     args: &str,
     timeout: Duration,
 ) -> Result<Outcome, String> {
-    let mut config =
-        repository_config(settings.repository_dsn.expose()).map_err(|e| e.to_string())?;
-    apply_common(&mut config, settings, "client");
+    let (config, tls) = prepare_repository(settings, "client").map_err(|e| e.to_string())?;
     let (client, mut connection) = config
-        .connect(NoTls)
+        .connect(tls)
         .await
         .map_err(|e| format!("cannot connect to the repository: {e}"))?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -183,8 +181,8 @@ fn print_table(workers: &[serde_json::Value]) {
         None => "-".to_string(),
     };
     println!(
-        "{:>6}  {:<24} {:<32} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}  LAST ERROR",
-        "SRVID", "NAME", "STATE", "SNAPSHOT", "SECONDS", "LAG", "ROWS", "NEXT", "RESTARTS"
+        "{:>6}  {:<24} {:<32} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>4}  LAST ERROR",
+        "SRVID", "NAME", "STATE", "SNAPSHOT", "SECONDS", "LAG", "ROWS", "NEXT", "RESTARTS", "TLS"
     );
     for w in workers {
         let text = |key: &str| w[key].as_str().unwrap_or_default().to_string();
@@ -193,8 +191,13 @@ fn print_table(workers: &[serde_json::Value]) {
             .and_then(|e| e.first())
             .and_then(|e| e.as_str())
             .unwrap_or("");
+        let tls = match w["tls"].as_bool() {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "-",
+        };
         println!(
-            "{:>6}  {:<24} {:<32} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}  {}",
+            "{:>6}  {:<24} {:<32} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>4}  {}",
             w["srvid"],
             text("name"),
             text("state"),
@@ -208,6 +211,7 @@ fn print_table(workers: &[serde_json::Value]) {
             w["last_rows"],
             due(&w["next_due"]),
             w["restarts"],
+            tls,
             error
         );
     }

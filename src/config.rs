@@ -16,6 +16,7 @@ use figment::{Figment, Metadata, Profile, Provider};
 use powa_fleet_actors::connect::repository_config;
 use powa_fleet_actors::redact::{redact_dsn, Secret};
 use powa_fleet_actors::settings::Settings;
+use powa_fleet_actors::tls::{SslMode, TlsOptions};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -83,6 +84,8 @@ pub struct Config {
     #[serde(default)]
     pub repository: RepositorySection,
     #[serde(default)]
+    pub remote: RemoteSection,
+    #[serde(default)]
     pub log: LogSection,
     #[serde(default)]
     pub snapshots: SnapshotsSection,
@@ -101,6 +104,30 @@ pub struct RepositorySection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dsn: Option<String>,
 }
+
+/// TLS of the remote server connections, with libpq's names and meaning
+/// (`powa_servers` has no column for them). Defaults come from libpq's
+/// environment variables `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT` and
+/// `PGSSLKEY`, else `prefer` and libpq's default files.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteSection {
+    pub sslmode: SslMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sslrootcert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sslcert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sslkey: Option<PathBuf>,
+}
+
+/// libpq's environment variable behind each `remote` key.
+const LIBPQ_ENV: [(&str, &str); 4] = [
+    ("sslmode", "PGSSLMODE"),
+    ("sslrootcert", "PGSSLROOTCERT"),
+    ("sslcert", "PGSSLCERT"),
+    ("sslkey", "PGSSLKEY"),
+];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -310,6 +337,30 @@ impl Provider for Defaults {
     }
 }
 
+/// libpq's TLS environment variables as defaults of the `remote` section,
+/// above the built-in defaults and below the file.
+struct LibpqEnv;
+
+impl Provider for LibpqEnv {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("libpq environment variable")
+    }
+
+    fn data(&self) -> figment::Result<Map<Profile, Dict>> {
+        let mut remote = serde_json::Map::new();
+        for (key, var) in LIBPQ_ENV {
+            if let Some(value) = std::env::var(var).ok().filter(|v| !v.is_empty()) {
+                remote.insert(key.to_string(), value.into());
+            }
+        }
+        if remote.is_empty() {
+            return Ok(Map::new());
+        }
+        let root = serde_json::json!({ "remote": remote });
+        Serialized::defaults(root).data()
+    }
+}
+
 struct FlagsProvider(Dict);
 
 impl Provider for FlagsProvider {
@@ -348,7 +399,7 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
         }
         None => find_legacy(&sources.legacy),
     };
-    let mut figment = Figment::from(Defaults);
+    let mut figment = Figment::from(Defaults).merge(LibpqEnv);
     if let Some(path) = &file {
         // The reference's file is JSON whatever its name
         // (`--config /etc/powa-collector.conf` works as is).
@@ -494,7 +545,13 @@ fn validate(config: &Config, figment: &Figment, file: Option<String>) -> Result<
 
 /// "file /etc/x.toml", "environment variable POWA_FLEET_LOG__LEVEL", …
 fn source_label(key: &str, metadata: &Metadata) -> String {
-    if metadata.name.contains("environment") {
+    if metadata.name.starts_with("libpq") {
+        let var = LIBPQ_ENV
+            .iter()
+            .find(|(k, _)| key.strip_prefix("remote.") == Some(*k))
+            .map_or("", |(_, v)| v);
+        format!("libpq environment variable {var}")
+    } else if metadata.name.contains("environment") {
         format!(
             "environment variable {ENV_PREFIX}{}",
             key.replace('.', "__").to_uppercase()
@@ -516,6 +573,12 @@ impl Loaded {
         let c = &self.config;
         Settings {
             repository_dsn: Secret::new(c.repository.dsn.clone().unwrap_or_default()),
+            remote_tls: TlsOptions {
+                mode: c.remote.sslmode,
+                rootcert: c.remote.sslrootcert.clone(),
+                cert: c.remote.sslcert.clone(),
+                key: c.remote.sslkey.clone(),
+            },
             use_server_alias: c.use_server_alias,
             max_concurrent_snapshots: c.snapshots.max_concurrent,
             connect_timeout: secs(c.timeouts.connect),
@@ -714,6 +777,46 @@ mod tests {
             assert!(matches!(err, ConfigError::MissingDsn { .. }), "{err}");
             let err = load(&sources(Some("nope.toml"), Flags::default())).unwrap_err();
             assert!(err.to_string().contains("nope.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn remote_tls_defaults_from_libpq_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file("fleet.toml", "[repository]\ndsn = 'host=a'\n")?;
+            jail.set_env("PGSSLMODE", "verify-full");
+            jail.set_env("PGSSLROOTCERT", "/env/root.crt");
+            let loaded = load(&sources(Some("fleet.toml"), Flags::default())).unwrap();
+            let tls = loaded.settings().remote_tls;
+            assert_eq!(tls.mode, SslMode::VerifyFull);
+            assert_eq!(tls.rootcert, Some(PathBuf::from("/env/root.crt")));
+            let text = loaded.describe();
+            assert!(
+                text.contains(
+                    "remote.sslmode = \"verify-full\"  # from libpq environment variable PGSSLMODE"
+                ),
+                "{text}"
+            );
+            // The file wins over libpq's variables, the configuration's own
+            // variables over the file.
+            jail.create_file(
+                "fleet.toml",
+                "[repository]\ndsn = 'host=a'\n[remote]\nsslmode = 'require'\nsslcert = '/f.crt'\n",
+            )?;
+            jail.set_env("POWA_FLEET_REMOTE__SSLCERT", "/e.crt");
+            let tls = load(&sources(Some("fleet.toml"), Flags::default()))
+                .unwrap()
+                .settings()
+                .remote_tls;
+            assert_eq!(tls.mode, SslMode::Require);
+            assert_eq!(tls.cert, Some(PathBuf::from("/e.crt")));
+            jail.create_file(
+                "fleet.toml",
+                "[repository]\ndsn = 'host=a'\n[remote]\nsslmode = 'sometimes'\n",
+            )?;
+            let err = load(&sources(Some("fleet.toml"), Flags::default())).unwrap_err();
+            assert!(err.to_string().contains("sslmode"), "{err}");
             Ok(())
         });
     }

@@ -81,7 +81,8 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
 async fn check_repository(settings: &powa_fleet_actors::settings::Settings) -> Result<(), String> {
     let client = connect_repository(settings, "startup check")
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .client;
     let version = repository::powa_version(&client)
         .await
         .map_err(|e| e.to_string())?;

@@ -4,10 +4,12 @@
 //!
 //! Exit codes:
 //! - 0: success;
-//! - 1: runtime failure (repository unreachable at start, PoWA too old, …);
+//! - 1: runtime failure (repository unreachable at start, PoWA too old, …),
+//!   or `check` found a problem;
 //! - 2: configuration or usage error (nothing was started);
 //! - 3: a client command got no answer, or an `ERROR` answer.
 
+mod check;
 mod cli;
 mod client;
 mod config;
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
             json,
             timeout,
         } => client::status(&loaded.settings(), srvid, json, timeout),
+        Command::Check => check::run(&loaded.settings()),
         Command::Reload { timeout } => client::reload(&loaded.settings(), timeout),
         Command::Snapshot { srvid, timeout } => {
             client::snapshot(&loaded.settings(), srvid, timeout)

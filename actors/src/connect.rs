@@ -1,17 +1,23 @@
 //! Opening collector sessions: one place sets what every connection needs
-//! (timeouts, keepalives, `application_name`, `lock_timeout`), so that a
-//! hung or slow server cannot wedge the actor that talks to it.
+//! (TLS, timeouts, keepalives, `application_name`, `lock_timeout`), so that
+//! a hung or slow server cannot wedge the actor that talks to it.
+//!
+//! TLS follows libpq's options (see [`crate::tls`]): the repository's come
+//! from its connection string, the remote servers' from the settings
+//! (`powa_servers` has no column for them); both fall back to `PGSSLMODE`,
+//! `PGSSLROOTCERT`, `PGSSLCERT` and `PGSSLKEY`.
 
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
 use crate::error::{classify, pg_message, ErrorKind};
 use crate::pgpass::{self, Lookup};
 use crate::redact::redact_dsn;
 use crate::server::ServerSpec;
 use crate::settings::Settings;
+use crate::tls::{self, MakeTls, SslParams, TlsError, TlsOptions};
 
 /// `application_name` is truncated by PostgreSQL at 63 bytes.
 const APPLICATION_NAME_MAX: usize = 63;
@@ -29,6 +35,13 @@ pub enum ConnectError {
         /// More context, such as a password file that was not used.
         note: String,
     },
+    /// The TLS options cannot be used (a missing or unreadable file).
+    #[error("could not connect to {target}: {source}")]
+    Tls {
+        target: String,
+        #[source]
+        source: TlsError,
+    },
     #[error("could not set up the session on {target}: {}", pg_message(.source))]
     Setup {
         target: String,
@@ -40,7 +53,7 @@ pub enum ConnectError {
 impl ConnectError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ConnectError::InvalidDsn { .. } => ErrorKind::Setup,
+            ConnectError::InvalidDsn { .. } | ConnectError::Tls { .. } => ErrorKind::Setup,
             ConnectError::Connect { source, .. } | ConnectError::Setup { source, .. } => {
                 classify(source)
             }
@@ -62,32 +75,75 @@ pub fn application_name(role: &str) -> String {
     name
 }
 
-/// Parse the repository DSN into a config; the error never shows the password.
-pub fn repository_config(dsn: &str) -> Result<Config, ConnectError> {
-    dsn.parse::<Config>()
-        .map_err(|err| ConnectError::InvalidDsn {
-            dsn: redact_dsn(dsn),
-            reason: err.to_string(),
-        })
+/// An open session, and whether it is encrypted.
+pub struct Session {
+    pub client: Client,
+    pub tls: bool,
+}
+
+/// Parse the repository DSN into a config and its TLS options (the `ssl*`
+/// keys, else libpq's environment variables); the error never shows the
+/// password.
+pub fn repository_config(dsn: &str) -> Result<(Config, TlsOptions), ConnectError> {
+    repository_config_with_env(dsn, tls::process_env)
+}
+
+/// [`repository_config`] with the environment read through `env`.
+pub fn repository_config_with_env(
+    dsn: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(Config, TlsOptions), ConnectError> {
+    let invalid = |reason: String| ConnectError::InvalidDsn {
+        dsn: redact_dsn(dsn),
+        reason,
+    };
+    let (rest, params) = tls::take_ssl_params(dsn).map_err(invalid)?;
+    let options = params
+        .or(SslParams::from_env(env))
+        .resolve()
+        .map_err(invalid)?;
+    let mut config = rest
+        .parse::<Config>()
+        .map_err(|err| invalid(err.to_string()))?;
+    config.ssl_mode(options.mode.pg());
+    Ok((config, options))
+}
+
+/// The repository's config (common settings applied) and TLS connector,
+/// for callers that drive the connection themselves (the listener, the
+/// client commands); [`MakeTls::used`] tells afterwards whether it is
+/// encrypted.
+pub fn prepare_repository(
+    settings: &Settings,
+    role: &str,
+) -> Result<(Config, MakeTls), ConnectError> {
+    let (mut config, options) = repository_config(settings.repository_dsn.expose())?;
+    apply_common(&mut config, settings, role);
+    let connector = options.connector().map_err(|source| ConnectError::Tls {
+        target: format!("repository {}", describe(&config)),
+        source,
+    })?;
+    Ok((config, connector))
 }
 
 /// Connect to the repository database named by the settings.
-pub async fn connect_repository(settings: &Settings, role: &str) -> Result<Client, ConnectError> {
-    let config = repository_config(settings.repository_dsn.expose())?;
+pub async fn connect_repository(settings: &Settings, role: &str) -> Result<Session, ConnectError> {
+    let (config, options) = repository_config(settings.repository_dsn.expose())?;
     let target = format!("repository {}", describe(&config));
-    connect(config, settings, role, target).await
+    connect(config, &options, settings, role, target).await
 }
 
-/// Connect to a remote server's PoWA database.
+/// Connect to a remote server's PoWA database, with the remote TLS options.
 /// A server registered without a password gets the one of the libpq
 /// password file, if any.
 pub async fn connect_remote(
     spec: &ServerSpec,
     settings: &Settings,
     role: &str,
-) -> Result<Client, ConnectError> {
+) -> Result<Session, ConnectError> {
     let target = format!("remote server {}", spec.host_port());
     let mut config = spec.pg_config();
+    config.ssl_mode(settings.remote_tls.mode.pg());
     let mut note = String::new();
     if spec.password.is_none() {
         match pgpass::lookup(&spec.hostname, spec.port, &spec.dbname, &spec.username) {
@@ -98,7 +154,7 @@ pub async fn connect_remote(
             Lookup::Ignored(reason) => note = format!(" (password file not used: {reason})"),
         }
     }
-    connect_with_note(config, settings, role, target, note).await
+    connect_with_note(config, &settings.remote_tls, settings, role, target, note).await
 }
 
 /// Open a session with the common settings, spawn its connection task on
@@ -106,24 +162,30 @@ pub async fn connect_remote(
 /// when the client is dropped or the server goes away.
 pub async fn connect(
     config: Config,
+    tls: &TlsOptions,
     settings: &Settings,
     role: &str,
     target: String,
-) -> Result<Client, ConnectError> {
-    connect_with_note(config, settings, role, target, String::new()).await
+) -> Result<Session, ConnectError> {
+    connect_with_note(config, tls, settings, role, target, String::new()).await
 }
 
 async fn connect_with_note(
     mut config: Config,
+    tls: &TlsOptions,
     settings: &Settings,
     role: &str,
     target: String,
     note: String,
-) -> Result<Client, ConnectError> {
+) -> Result<Session, ConnectError> {
     apply_common(&mut config, settings, role);
+    let connector = tls.connector().map_err(|source| ConnectError::Tls {
+        target: target.clone(),
+        source,
+    })?;
     let (client, connection) =
         config
-            .connect(NoTls)
+            .connect(connector.clone())
             .await
             .map_err(|source| ConnectError::Connect {
                 target: target.clone(),
@@ -137,7 +199,10 @@ async fn connect_with_note(
     prepare_session(&client, settings)
         .await
         .map_err(|source| ConnectError::Setup { target, source })?;
-    Ok(client)
+    Ok(Session {
+        client,
+        tls: connector.used(),
+    })
 }
 
 /// Timeouts, keepalives and `application_name` on a config before connecting.
@@ -212,8 +277,40 @@ mod tests {
     }
 
     #[test]
+    fn repository_tls_comes_from_the_dsn_then_the_environment() {
+        let env = |name: &str| (name == "PGSSLMODE").then(|| "require".to_string());
+        let (config, options) =
+            repository_config_with_env("host=db sslmode=verify-ca sslrootcert=/r.crt", env)
+                .unwrap();
+        assert_eq!(options.mode, crate::tls::SslMode::VerifyCa);
+        assert_eq!(
+            options.rootcert.as_deref(),
+            Some(std::path::Path::new("/r.crt"))
+        );
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        let (config, options) = repository_config_with_env("host=db", env).unwrap();
+        assert_eq!(options.mode, crate::tls::SslMode::Require);
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        let (_, options) = repository_config_with_env("host=db", |_| None).unwrap();
+        assert_eq!(options.mode, crate::tls::SslMode::Prefer);
+        let err = repository_config_with_env("host=db password=hunter2 sslmode=bogus", |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("invalid sslmode") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn describe_names_host_port_db() {
-        let config = repository_config("host=db1 port=5433 dbname=powa password=x").unwrap();
+        let (config, _) = repository_config("host=db1 port=5433 dbname=powa password=x").unwrap();
         assert_eq!(describe(&config), "db1:5433/powa");
     }
 }

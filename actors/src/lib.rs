@@ -21,3 +21,4 @@ pub mod snapshot;
 pub mod snapshot_actor;
 pub mod status;
 pub mod supervisor;
+pub mod tls;

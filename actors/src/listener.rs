@@ -19,9 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 use futures_util::stream::poll_fn;
 use slog::{debug, error, info, warn, Logger};
-use tokio_postgres::{AsyncMessage, Client, NoTls, Notification};
+use tokio_postgres::{AsyncMessage, Client, Notification};
 
-use crate::connect::{apply_common, repository_config};
+use crate::connect::prepare_repository;
 use crate::error::{backoff_delay, classify};
 use crate::protocol::{self, Answer, Command, Request};
 use crate::settings::Settings;
@@ -142,17 +142,16 @@ impl Handler<Connect> for Listener {
     type Result = ();
 
     fn handle(&mut self, _: Connect, ctx: &mut Context<Self>) {
-        let mut config = match repository_config(self.settings.repository_dsn.expose()) {
-            Ok(config) => config,
+        let (config, tls) = match prepare_repository(&self.settings, "listener") {
+            Ok(prepared) => prepared,
             Err(e) => {
                 error!(self.logger, "cannot listen"; "error" => %e);
                 ctx.stop();
                 return;
             }
         };
-        apply_common(&mut config, &self.settings, "listener");
         let statement_timeout = self.settings.statement_timeout.as_millis();
-        let fut = async move { config.connect(NoTls).await };
+        let fut = async move { config.connect(tls).await };
         ctx.wait(fut.into_actor(self).map(move |result, act, ctx| {
             let (client, mut connection) = match result {
                 Ok(pair) => pair,
@@ -409,6 +408,7 @@ fn report_json(report: &WorkerReport) -> String {
         "restarts": report.restarts,
         "next_due": epoch(report.next_due),
         "skipped": report.skipped,
+        "tls": report.tls,
     })
     .to_string()
 }

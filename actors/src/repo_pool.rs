@@ -97,7 +97,7 @@ impl RepoPool {
             }
             state.settings.clone()
         };
-        let client = connect_repository(&settings, "repository").await?;
+        let client = connect_repository(&settings, "repository").await?.client;
         Ok(PooledClient {
             client: Some(client),
             pool: self.clone(),

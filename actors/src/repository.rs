@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::error::{classify, pg_message, ErrorKind};
 use crate::server::{ServerSpec, SrvId};
@@ -197,11 +197,11 @@ pub struct Datasource {
 
 /// The enabled snapshot datasources of `srvid`, by priority; rows without a
 /// `query_source` are skipped and described in the returned warnings.
-pub async fn datasources(
-    tx: &Transaction<'_>,
+pub async fn datasources<C: GenericClient>(
+    client: &C,
     srvid: SrvId,
 ) -> Result<(Vec<Datasource>, Vec<String>), RepositoryError> {
-    let rows = tx
+    let rows = client
         .query(
             "SELECT module, query_source, query_cleanup, function_name \
              FROM public.powa_functions \
@@ -285,47 +285,45 @@ pub async fn clear_staged(
     .map(|_| ())
 }
 
-/// Version bookkeeping: the remote's PostgreSQL version, its extension
-/// versions, hypopg availability; then refuse a powa major.minor different
-/// from the repository's.
-pub async fn update_versions(
-    repo: &Client,
-    remote: &Client,
-    srvid: SrvId,
-) -> Result<(), RepositoryError> {
+/// What a remote server runs: its PostgreSQL version, its extensions and
+/// their versions, and hypopg's availability (it need not be installed in
+/// the powa database to be usable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteInventory {
+    pub server_version: String,
+    /// `(extname, extversion)` of the powa database, by name.
+    pub extensions: Vec<(String, String)>,
+    /// `default_version` of hypopg when available.
+    pub hypopg: Option<String>,
+}
+
+impl RemoteInventory {
+    /// The version of the `powa` extension, if installed.
+    pub fn powa(&self) -> Result<PowaVersion, RepositoryError> {
+        match self.extensions.iter().find(|(name, _)| name == "powa") {
+            Some((_, version)) => PowaVersion::parse(version),
+            None => Err(RepositoryError::NoPowa("remote server's PoWA")),
+        }
+    }
+}
+
+/// Read a remote server's [`RemoteInventory`] (no write anywhere).
+pub async fn remote_inventory(remote: &Client) -> Result<RemoteInventory, RepositoryError> {
     let server_version: String = remote
         .query_one("SELECT pg_catalog.current_setting('server_version')", &[])
         .await
         .map_err(sql("reading the remote server version"))?
         .get(0);
-    repo.execute(
-        "UPDATE public.powa_servers SET version = $2 \
-         WHERE id = $1 AND version IS DISTINCT FROM $2",
-        &[&srvid, &server_version],
-    )
-    .await
-    .map_err(sql("saving the server version"))?;
-
-    let remote_extensions = remote
+    let extensions = remote
         .query(
-            "SELECT extname::text, extversion FROM pg_catalog.pg_extension",
+            "SELECT extname::text, extversion FROM pg_catalog.pg_extension ORDER BY extname",
             &[],
         )
         .await
-        .map_err(sql("reading the remote extensions"))?;
-    for row in &remote_extensions {
-        let (name, version): (String, String) = (row.get(0), row.get(1));
-        repo.execute(
-            "UPDATE public.powa_extensions SET version = $3 \
-             WHERE srvid = $1 AND extname = $2 AND version IS DISTINCT FROM $3",
-            &[&srvid, &name, &version],
-        )
-        .await
-        .map_err(sql("saving extension versions"))?;
-    }
-
-    // hypopg need not be installed in the powa database to be usable, so
-    // its availability is what counts.
+        .map_err(sql("reading the remote extensions"))?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
     let hypopg: Option<String> = remote
         .query_opt(
             "SELECT default_version FROM pg_catalog.pg_available_extensions \
@@ -335,13 +333,47 @@ pub async fn update_versions(
         .await
         .map_err(sql("checking hypopg on the remote server"))?
         .and_then(|row| row.get(0));
-    match hypopg {
+    Ok(RemoteInventory {
+        server_version,
+        extensions,
+        hypopg,
+    })
+}
+
+/// Version bookkeeping: the remote's PostgreSQL version, its extension
+/// versions, hypopg availability; then refuse a powa major.minor different
+/// from the repository's.
+pub async fn update_versions(
+    repo: &Client,
+    remote: &Client,
+    srvid: SrvId,
+) -> Result<(), RepositoryError> {
+    let inventory = remote_inventory(remote).await?;
+    repo.execute(
+        "UPDATE public.powa_servers SET version = $2 \
+         WHERE id = $1 AND version IS DISTINCT FROM $2",
+        &[&srvid, &inventory.server_version],
+    )
+    .await
+    .map_err(sql("saving the server version"))?;
+
+    for (name, version) in &inventory.extensions {
+        repo.execute(
+            "UPDATE public.powa_extensions SET version = $3 \
+             WHERE srvid = $1 AND extname = $2 AND version IS DISTINCT FROM $3",
+            &[&srvid, name, version],
+        )
+        .await
+        .map_err(sql("saving extension versions"))?;
+    }
+
+    match &inventory.hypopg {
         Some(version) => repo
             .execute(
                 "INSERT INTO public.powa_extensions (srvid, extname, version) \
                  VALUES ($1, 'hypopg', $2) \
                  ON CONFLICT (srvid, extname) DO UPDATE SET version = EXCLUDED.version",
-                &[&srvid, &version],
+                &[&srvid, version],
             )
             .await
             .map_err(sql("saving the hypopg version"))?,
@@ -355,11 +387,138 @@ pub async fn update_versions(
     };
 
     let repository = powa_version(repo).await?;
-    let remote = extension_version(remote, "remote server's PoWA").await?;
+    let remote = inventory.powa()?;
     if !repository.compatible(&remote) {
         return Err(RepositoryError::Mismatch { repository, remote });
     }
     Ok(())
+}
+
+/// LISTEN on a private channel and NOTIFY it, as the listener does with
+/// `powa_collector` and the answer channels: fails if the role may not.
+pub async fn try_listen_notify(client: &Client, channel: &str) -> Result<(), RepositoryError> {
+    client
+        .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
+        .await
+        .map_err(sql("LISTEN"))?;
+    client
+        .execute("SELECT pg_catalog.pg_notify($1, 'check')", &[&channel])
+        .await
+        .map_err(sql("NOTIFY"))?;
+    client
+        .batch_execute(&format!("UNLISTEN {}", quote_ident(channel)))
+        .await
+        .map_err(sql("UNLISTEN"))
+}
+
+/// What the collector's repository role lacks to do its work: read the
+/// server list and the datasources, stage rows, take snapshots, record
+/// errors and versions. Empty when nothing is missing.
+pub async fn repository_missing_privileges(
+    client: &Client,
+) -> Result<Vec<String>, RepositoryError> {
+    let rows = client
+        .query(
+            "SELECT what FROM (VALUES \
+               ('SELECT on powa_servers', has_table_privilege('public.powa_servers', 'SELECT')), \
+               ('UPDATE (version) on powa_servers', \
+                 has_column_privilege('public.powa_servers', 'version', 'UPDATE')), \
+               ('SELECT on powa_functions', has_table_privilege('public.powa_functions', 'SELECT')), \
+               ('SELECT, UPDATE on powa_snapshot_metas', \
+                 has_table_privilege('public.powa_snapshot_metas', 'SELECT, UPDATE')), \
+               ('INSERT, UPDATE, DELETE on powa_extensions', \
+                 has_table_privilege('public.powa_extensions', 'INSERT, UPDATE, DELETE')), \
+               ('EXECUTE on powa_take_snapshot(integer)', \
+                 has_function_privilege('public.powa_take_snapshot(integer)', 'EXECUTE')) \
+             ) AS p(what, ok) WHERE NOT ok",
+            &[],
+        )
+        .await
+        .map_err(sql("checking the repository role's privileges"))?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// `_tmp` tables of `datasources` the repository role cannot fill.
+pub async fn staging_missing_privileges(
+    client: &Client,
+    datasources: &[Datasource],
+) -> Result<Vec<String>, RepositoryError> {
+    let tables: Vec<String> = datasources
+        .iter()
+        .map(|d| {
+            format!(
+                "{POWA_SCHEMA}.{}",
+                quote_ident(&format!("{}_tmp", d.query_source))
+            )
+        })
+        .collect();
+    let rows = client
+        .query(
+            "SELECT 'INSERT, DELETE on ' || t FROM unnest($1::text[]) AS t \
+             WHERE CASE WHEN pg_catalog.to_regclass(t) IS NULL THEN true \
+                   ELSE NOT has_table_privilege(pg_catalog.to_regclass(t), 'INSERT, DELETE') END",
+            &[&tables],
+        )
+        .await
+        .map_err(sql("checking the staging tables' privileges"))?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// PoWA tables of the remote's own powa database that its source functions
+/// read (found by running them as a role without any grant).
+const REMOTE_READ_TABLES: [&str; 2] = ["public.powa_statements", "public.powa_databases"];
+
+/// The function a cleanup of the form `SELECT name()` calls, as a
+/// signature `to_regprocedure` resolves (`pg_qualstats_reset()`).
+fn cleanup_function(cleanup: &str) -> Option<String> {
+    let call = cleanup.trim().trim_end_matches(';').trim_end();
+    let (select, rest) = call.split_at_checked(6)?;
+    if !select.eq_ignore_ascii_case("select") {
+        return None;
+    }
+    let name = rest.trim().strip_suffix("()")?;
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    plain.then(|| format!("{name}()"))
+}
+
+/// What the remote role lacks to run `datasources`: EXECUTE on each source
+/// function (called as `<source>(0)`) and on each cleanup function (such
+/// as `pg_qualstats_reset()`, revoked from PUBLIC by pg_qualstats), SELECT
+/// on the tables the source functions read, and `pg_read_all_stats` (without it, other roles' statements are hidden
+/// from the statistics).
+pub async fn remote_missing_privileges(
+    remote: &Client,
+    datasources: &[Datasource],
+) -> Result<Vec<String>, RepositoryError> {
+    let mut functions: Vec<String> = datasources
+        .iter()
+        .map(|d| format!("{POWA_SCHEMA}.{}(integer)", quote_ident(&d.query_source)))
+        .collect();
+    functions.extend(
+        datasources
+            .iter()
+            .filter_map(|d| d.query_cleanup.as_deref().and_then(cleanup_function)),
+    );
+    let rows = remote
+        .query(
+            "SELECT 'EXECUTE on ' || f FROM unnest($1::text[]) AS f \
+             WHERE CASE WHEN pg_catalog.to_regprocedure(f) IS NULL THEN true \
+                   ELSE NOT has_function_privilege(pg_catalog.to_regprocedure(f), 'EXECUTE') END \
+             UNION ALL \
+             SELECT 'SELECT on ' || t FROM unnest($2::text[]) AS t \
+             WHERE CASE WHEN pg_catalog.to_regclass(t) IS NULL THEN false \
+                   ELSE NOT has_table_privilege(pg_catalog.to_regclass(t), 'SELECT') END \
+             UNION ALL \
+             SELECT 'membership in pg_read_all_stats' \
+             WHERE NOT pg_has_role('pg_read_all_stats', 'MEMBER')",
+            &[&functions, &REMOTE_READ_TABLES.to_vec()],
+        )
+        .await
+        .map_err(sql("checking the remote role's privileges"))?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
 /// `name` as a double-quoted SQL identifier.
@@ -406,6 +565,20 @@ mod tests {
             message.contains("4.0.1") && message.contains("4.1"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn cleanup_functions_are_recognised() {
+        assert_eq!(
+            cleanup_function("SELECT pg_qualstats_reset()").as_deref(),
+            Some("pg_qualstats_reset()")
+        );
+        assert_eq!(
+            cleanup_function(" select public.f(); ").as_deref(),
+            Some("public.f()")
+        );
+        assert_eq!(cleanup_function("SELECT f(1)"), None);
+        assert_eq!(cleanup_function("DELETE FROM t"), None);
     }
 
     #[test]

@@ -5,12 +5,16 @@
 use std::time::Duration;
 
 use crate::redact::Secret;
+use crate::tls::TlsOptions;
 
 /// Everything the actor system reads from the configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     /// libpq connection string (key=value or URI) of the repository database.
     pub repository_dsn: Secret<String>,
+    /// TLS options of the remote server connections (`powa_servers` has
+    /// none; the repository's are in its DSN).
+    pub remote_tls: TlsOptions,
     /// Name servers by their alias instead of `host:port` in logs and status.
     pub use_server_alias: bool,
     /// At most this many snapshots run at once, fleet-wide.
@@ -40,6 +44,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             repository_dsn: Secret::new("postgresql:///powa".to_string()),
+            remote_tls: TlsOptions::default(),
             use_server_alias: false,
             max_concurrent_snapshots: 2,
             connect_timeout: Duration::from_secs(10),

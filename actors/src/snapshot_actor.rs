@@ -288,6 +288,8 @@ impl Supervised for SnapshotActor {
 /// What a successful (re)connection learns.
 struct Connected {
     remote: Client,
+    /// Whether the remote session is encrypted.
+    tls: bool,
     last: LastSnapshot,
 }
 
@@ -424,12 +426,13 @@ impl Handler<Connect> for SnapshotActor {
                     repository: false,
                 });
             }
-            let remote = within(deadline, "connecting", async {
+            let session = within(deadline, "connecting", async {
                 connect_remote(&spec, &settings, &spec.name(settings.use_server_alias))
                     .await
                     .map_err(|e| StepFailure::new(e.kind(), e))
             })
             .await?;
+            let (remote, tls) = (session.client, session.tls);
             let repo = pool.get().await.map_err(pool_failure)?;
             within(deadline, "the version bookkeeping", async {
                 repository::update_versions(&repo, &remote, spec.srvid)
@@ -437,7 +440,7 @@ impl Handler<Connect> for SnapshotActor {
                     .map_err(|e| StepFailure::new(e.kind(), e))
             })
             .await?;
-            Ok(Connected { remote, last })
+            Ok(Connected { remote, tls, last })
         });
         let pool = self.shared.pool.clone();
         let srvid = self.spec.srvid;
@@ -455,8 +458,9 @@ impl Handler<Connect> for SnapshotActor {
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
             act.busy = false;
             match result {
-                Ok(Connected { remote, last }) => {
+                Ok(Connected { remote, tls, last }) => {
                     act.remote = Some(remote);
+                    act.report.tls = Some(tls);
                     let frequency = Duration::from_secs(act.spec.frequency.into());
                     let due = schedule::first_due(SystemTime::now(), &last, frequency, |n| {
                         rand::random::<u64>() % n.max(1)

@@ -102,6 +102,9 @@ pub struct WorkerReport {
     pub next_due: Option<SystemTime>,
     /// Scheduled snapshots skipped because the previous ones ran late.
     pub skipped: u64,
+    /// Whether the session on the remote server is encrypted; `None` until
+    /// the first connection.
+    pub tls: Option<bool>,
 }
 
 impl WorkerReport {
@@ -118,6 +121,7 @@ impl WorkerReport {
             restarts: 0,
             next_due: None,
             skipped: 0,
+            tls: None,
         }
     }
 }

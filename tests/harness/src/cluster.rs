@@ -28,6 +28,21 @@ pub struct ClusterOptions {
     pub extra_conf: Vec<String>,
     /// A fixed port; a free one is picked when `None`.
     pub port: Option<u16>,
+    /// TLS (`ssl = on`) with this certificate; off when `None`.
+    pub tls: Option<ServerTls>,
+    /// `pg_hba.conf` TCP rules replacing initdb's and the default one
+    /// (trust for every role from 127.0.0.0/8); the first matching rule
+    /// wins. Unix-socket sessions stay trusted.
+    pub hba: Option<Vec<String>>,
+}
+
+/// A server certificate, its key, and the CA clients certificates must
+/// chain to (needed for `cert` authentication), as PEM text.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub client_ca_pem: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -37,6 +52,8 @@ impl Default for ClusterOptions {
             preload: Vec::new(),
             extra_conf: Vec::new(),
             port: None,
+            tls: None,
+            hba: None,
         }
     }
 }
@@ -129,9 +146,20 @@ impl Cluster {
                 opts.preload.join(",")
             ));
         }
+        if let Some(tls) = &opts.tls {
+            conf.extend(write_tls_files(&data, tls)?);
+        }
         conf.extend(opts.extra_conf.iter().cloned());
         append(&data.join("postgresql.conf"), &conf.join("\n"))?;
-        append(&data.join("pg_hba.conf"), "host all all 127.0.0.0/8 trust")?;
+        match &opts.hba {
+            Some(rules) => {
+                let text = format!("local all all trust\n{}\n", rules.join("\n"));
+                let path = data.join("pg_hba.conf");
+                std::fs::write(&path, text)
+                    .map_err(|e| HarnessError::io(format!("writing {}", path.display()), e))?;
+            }
+            None => append(&data.join("pg_hba.conf"), "host all all 127.0.0.0/8 trust")?,
+        }
 
         let host = addresses[0].clone();
         let mut cluster = Cluster {
@@ -344,6 +372,39 @@ impl Cluster {
     pub fn thaw(&self) {
         self.signal_all(Signal::SIGCONT);
     }
+}
+
+/// Server certificate files in the data directory, owned by the server's
+/// user with the permissions PostgreSQL demands; the settings naming them.
+fn write_tls_files(data: &Path, tls: &ServerTls) -> Result<Vec<String>, HarnessError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut files = vec![("server.crt", &tls.cert_pem), ("server.key", &tls.key_pem)];
+    if let Some(ca) = &tls.client_ca_pem {
+        files.push(("client_ca.crt", ca));
+    }
+    for (name, text) in &files {
+        let path = data.join(name);
+        std::fs::write(&path, text)
+            .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)))
+            .map_err(|e| HarnessError::io(format!("writing {}", path.display()), e))?;
+        if let Some((uid, gid)) = postgres_user() {
+            nix::unistd::chown(
+                &path,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+            )
+            .map_err(|e| HarnessError::Other(format!("chown of {}: {e}", path.display())))?;
+        }
+    }
+    let mut conf = vec![
+        "ssl = on".to_string(),
+        "ssl_cert_file = 'server.crt'".to_string(),
+        "ssl_key_file = 'server.key'".to_string(),
+    ];
+    if tls.client_ca_pem.is_some() {
+        conf.push("ssl_ca_file = 'client_ca.crt'".to_string());
+    }
+    Ok(conf)
 }
 
 fn append(path: &Path, text: &str) -> Result<(), HarnessError> {

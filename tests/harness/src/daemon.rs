@@ -43,14 +43,8 @@ impl Daemon {
         env: &[(&str, &str)],
     ) -> Result<Daemon, HarnessError> {
         let dir = tempfile::tempdir().map_err(|e| HarnessError::io("creating a daemon dir", e))?;
-        let config = dir.path().join("powa-fleet.toml");
+        let config = write_config(dir.path(), repository_dsn, extra_toml)?;
         let log = dir.path().join("powa-fleet.log");
-        let text = format!(
-            "{extra_toml}\n[repository]\ndsn = \"{}\"\n",
-            repository_dsn.replace('\\', "\\\\").replace('"', "\\\"")
-        );
-        std::fs::write(&config, text)
-            .map_err(|e| HarnessError::io("writing the daemon config", e))?;
         let out = std::fs::File::create(&log)
             .map_err(|e| HarnessError::io("creating the daemon log", e))?;
         let err = out
@@ -106,6 +100,62 @@ impl Daemon {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// `powa-fleet.toml` in `dir`: `extra_toml` then the repository DSN.
+fn write_config(
+    dir: &Path,
+    repository_dsn: &str,
+    extra_toml: &str,
+) -> Result<PathBuf, HarnessError> {
+    let config = dir.join("powa-fleet.toml");
+    let text = format!(
+        "{extra_toml}\n[repository]\ndsn = \"{}\"\n",
+        repository_dsn.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    std::fs::write(&config, text).map_err(|e| HarnessError::io("writing the daemon config", e))?;
+    Ok(config)
+}
+
+/// What a one-shot command printed, and its exit code.
+#[derive(Debug, Clone)]
+pub struct CommandOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run `bin --config <file> <args>` once, with the configuration the
+/// daemon would get, HOME in a temporary directory and libpq's TLS
+/// variables unset unless `env` sets them.
+pub fn run_command(
+    bin: &Path,
+    repository_dsn: &str,
+    extra_toml: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<CommandOutput, HarnessError> {
+    let dir = tempfile::tempdir().map_err(|e| HarnessError::io("creating a command dir", e))?;
+    let config = write_config(dir.path(), repository_dsn, extra_toml)?;
+    let output = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .env_remove("PGSSLMODE")
+        .env_remove("PGSSLROOTCERT")
+        .env_remove("PGSSLCERT")
+        .env_remove("PGSSLKEY")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| HarnessError::io("running powa-fleet", e))?;
+    Ok(CommandOutput {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
 }
 
 impl Drop for Daemon {

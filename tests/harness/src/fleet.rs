@@ -64,16 +64,29 @@ pub fn setup_repository(cluster: &Cluster) -> Result<(), HarnessError> {
 impl Fleet {
     /// A repository and `n_remotes` remote servers, started in parallel.
     pub fn start(n_remotes: usize) -> Result<Fleet, HarnessError> {
+        Fleet::start_with(
+            repository_options(),
+            (0..n_remotes).map(|_| remote_options()).collect(),
+        )
+    }
+
+    /// A repository and remote servers with the given options (based on
+    /// [`repository_options`] and [`remote_options`]), started in parallel.
+    pub fn start_with(
+        repository: ClusterOptions,
+        remotes: Vec<ClusterOptions>,
+    ) -> Result<Fleet, HarnessError> {
         std::thread::scope(|scope| {
             let repository = scope.spawn(|| {
-                let cluster = Cluster::start(repository_options())?;
+                let cluster = Cluster::start(repository)?;
                 setup_repository(&cluster)?;
                 Ok::<_, HarnessError>(cluster)
             });
-            let remotes: Vec<_> = (0..n_remotes)
-                .map(|_| {
+            let remotes: Vec<_> = remotes
+                .into_iter()
+                .map(|options| {
                     scope.spawn(|| {
-                        let cluster = Cluster::start(remote_options())?;
+                        let cluster = Cluster::start(options)?;
                         setup_remote(&cluster)?;
                         Ok::<_, HarnessError>(cluster)
                     })

@@ -9,6 +9,7 @@
 //! The PostgreSQL programs come from `POWA_FLEET_PG_BINDIR` (default: the
 //! Debian PostgreSQL 15 directory); as root they run as `postgres`.
 
+pub mod certs;
 pub mod cluster;
 pub mod daemon;
 pub mod error;
@@ -18,7 +19,7 @@ pub mod reference;
 pub mod simfleet;
 pub mod workload;
 
-pub use cluster::{Cluster, ClusterOptions};
+pub use cluster::{Cluster, ClusterOptions, ServerTls};
 pub use error::HarnessError;
 pub use fleet::Fleet;
 pub use pgbin::{require_binaries, PgBin};
