@@ -13,6 +13,7 @@
 //!   cargo bench --bench fleet -- soak [servers] [frequency] [minutes]
 //!   cargo bench --bench fleet -- smoke
 //! Collectors, comma-separated: `fleet`, `fleet:limit=N`, `fleet:threads=N`,
+//! `fleet:sslmode=MODE` (options combine: `fleet:limit=1:threads=1`),
 //! `1.2.0` (Debian's package) or another version installed from PyPI
 //! (e.g. `1.3.2`). Defaults: compare 100 30 90 fleet,1.3.2,1.2.0.
 
@@ -40,7 +41,11 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> T {
 
 #[derive(Clone, Debug)]
 enum Collector {
-    Fleet { limit: usize, threads: usize },
+    Fleet {
+        limit: usize,
+        threads: usize,
+        sslmode: Option<String>,
+    },
     Reference(String),
 }
 
@@ -51,20 +56,33 @@ impl Collector {
         };
         let mut limit = 2;
         let mut threads = 0;
+        let mut sslmode = None;
         for option in rest.split(':').filter(|o| !o.is_empty()) {
             match option.split_once('=') {
                 Some(("limit", n)) => limit = n.parse().expect("limit=N"),
                 Some(("threads", n)) => threads = n.parse().expect("threads=N"),
+                Some(("sslmode", mode)) => sslmode = Some(mode.to_string()),
                 _ => panic!("unknown collector option {option:?}"),
             }
         }
-        Collector::Fleet { limit, threads }
+        Collector::Fleet {
+            limit,
+            threads,
+            sslmode,
+        }
     }
 
     fn name(&self) -> String {
         match self {
-            Collector::Fleet { limit, threads } => {
-                format!("powa-fleet limit={limit} threads={threads}")
+            Collector::Fleet {
+                limit,
+                threads,
+                sslmode,
+            } => {
+                let tls = sslmode
+                    .as_ref()
+                    .map_or(String::new(), |m| format!(" sslmode={m}"));
+                format!("powa-fleet limit={limit} threads={threads}{tls}")
             }
             Collector::Reference(v) => format!("powa-collector {v}"),
         }
@@ -72,11 +90,18 @@ impl Collector {
 
     fn start(&self, dsn: &str, cache: &Path) -> Running {
         match self {
-            Collector::Fleet { limit, threads } => {
-                let config = format!(
+            Collector::Fleet {
+                limit,
+                threads,
+                sslmode,
+            } => {
+                let mut config = format!(
                     "[snapshots]\nmax_concurrent = {limit}\nworker_threads = {threads}\n\
                      [log]\nlevel = \"warning\"\n"
                 );
+                if let Some(mode) = sslmode {
+                    config.push_str(&format!("[remote]\nsslmode = \"{mode}\"\n"));
+                }
                 Running::Fleet(Daemon::start(Path::new(BIN), dsn, &config).unwrap())
             }
             Collector::Reference(v) if v == DEBIAN_REFERENCE => {

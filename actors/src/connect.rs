@@ -99,14 +99,76 @@ pub fn repository_config_with_env(
     };
     let (rest, params) = tls::take_ssl_params(dsn).map_err(invalid)?;
     let options = params
-        .or(SslParams::from_env(env))
+        .or(SslParams::from_env(&env))
         .resolve()
         .map_err(invalid)?;
     let mut config = rest
         .parse::<Config>()
         .map_err(|err| invalid(err.to_string()))?;
+    apply_env_defaults(&mut config, &env).map_err(invalid)?;
+    if config.get_password().is_none() {
+        if let Some(password) = password_file_entry(&config) {
+            config.password(password);
+        }
+    }
     config.ssl_mode(options.mode.pg());
     Ok((config, options))
+}
+
+/// libpq's environment defaults for what a connection string leaves out:
+/// `PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`.
+fn apply_env_defaults(
+    config: &mut Config,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    if config.get_hosts().is_empty() {
+        if let Some(hosts) = env("PGHOST") {
+            for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+                config.host(host);
+            }
+        }
+    }
+    if config.get_ports().is_empty() {
+        if let Some(port) = env("PGPORT") {
+            let port = port
+                .trim()
+                .parse::<u16>()
+                .map_err(|_| format!("invalid PGPORT \"{port}\""))?;
+            config.port(port);
+        }
+    }
+    if config.get_user().is_none() {
+        if let Some(user) = env("PGUSER") {
+            config.user(&user);
+        }
+    }
+    if config.get_dbname().is_none() {
+        if let Some(dbname) = env("PGDATABASE") {
+            config.dbname(&dbname);
+        }
+    }
+    if config.get_password().is_none() {
+        if let Some(password) = env("PGPASSWORD") {
+            config.password(password);
+        }
+    }
+    Ok(())
+}
+
+/// The repository's password from the libpq password file, when the
+/// connection string and the environment name none (first TCP host).
+fn password_file_entry(config: &Config) -> Option<String> {
+    let host = match config.get_hosts().first()? {
+        tokio_postgres::config::Host::Tcp(name) => name.clone(),
+        _ => return None,
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user()?;
+    let dbname = config.get_dbname().unwrap_or(user);
+    match pgpass::lookup(&host, port, dbname, user) {
+        Lookup::Found(password) => Some(password),
+        Lookup::NotFound | Lookup::Ignored(_) => None,
+    }
 }
 
 /// The repository's config (common settings applied) and TLS connector,
@@ -146,12 +208,16 @@ pub async fn connect_remote(
     config.ssl_mode(settings.remote_tls.mode.pg());
     let mut note = String::new();
     if spec.password.is_none() {
-        match pgpass::lookup(&spec.hostname, spec.port, &spec.dbname, &spec.username) {
-            Lookup::Found(password) => {
-                config.password(password);
+        if let Some(password) = tls::process_env("PGPASSWORD") {
+            config.password(password);
+        } else {
+            match pgpass::lookup(&spec.hostname, spec.port, &spec.dbname, &spec.username) {
+                Lookup::Found(password) => {
+                    config.password(password);
+                }
+                Lookup::NotFound => {}
+                Lookup::Ignored(reason) => note = format!(" (password file not used: {reason})"),
             }
-            Lookup::NotFound => {}
-            Lookup::Ignored(reason) => note = format!(" (password file not used: {reason})"),
         }
     }
     connect_with_note(config, &settings.remote_tls, settings, role, target, note).await
@@ -259,6 +325,34 @@ pub fn describe(config: &Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn libpq_environment_fills_what_the_dsn_leaves_out() {
+        let env = |name: &str| match name {
+            "PGHOST" => Some("envhost".to_string()),
+            "PGPORT" => Some("6543".to_string()),
+            "PGUSER" => Some("envuser".to_string()),
+            "PGDATABASE" => Some("envdb".to_string()),
+            "PGPASSWORD" => Some("envsecret".to_string()),
+            _ => None,
+        };
+        let (config, _) = repository_config_with_env("sslmode=disable", env).unwrap();
+        assert_eq!(describe(&config), "envhost:6543/envdb");
+        assert_eq!(config.get_user(), Some("envuser"));
+        assert_eq!(config.get_password(), Some(&b"envsecret"[..]));
+        // What the DSN says wins.
+        let (config, _) = repository_config_with_env(
+            "host=db port=5433 user=u dbname=d password=p sslmode=disable",
+            env,
+        )
+        .unwrap();
+        assert_eq!(describe(&config), "db:5433/d");
+        assert_eq!(config.get_user(), Some("u"));
+        assert_eq!(config.get_password(), Some(&b"p"[..]));
+        let bad_port = |name: &str| (name == "PGPORT").then(|| "abc".to_string());
+        let err = repository_config_with_env("host=db", bad_port).unwrap_err();
+        assert!(err.to_string().contains("invalid PGPORT"), "{err}");
+    }
 
     #[test]
     fn application_name_is_bounded() {
