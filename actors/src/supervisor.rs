@@ -218,6 +218,7 @@ impl Handler<Reload> for Supervisor {
         let pool = self.shared.pool.clone();
         let fut = async move {
             let settings = config.map_err(ReloadError::Config)?;
+            crate::tls::forget_configs();
             let repo = pool
                 .get()
                 .await

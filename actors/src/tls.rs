@@ -25,7 +25,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -376,19 +376,42 @@ fn client_identity(
     Ok((chain, key))
 }
 
+/// Client configurations built so far, shared by every connection with the
+/// same options: one per connection would cost tens of KiB each time
+/// (session cache, provider), left scattered in the heap of a daemon that
+/// holds a connection per server. Forgotten at reload, so that renewed
+/// certificate files are read again.
+static CONFIGS: Mutex<Vec<(TlsOptions, Arc<ClientConfig>)>> = Mutex::new(Vec::new());
+
+/// Read the certificate files again at the next connection (on reload).
+pub fn forget_configs() {
+    CONFIGS.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
 impl TlsOptions {
-    /// The connector for these options; reads the certificate files now, so
-    /// that a missing or bad file is reported as such.
+    /// The connector for these options. The certificate files are read the
+    /// first time (and again after [`forget_configs`]), so that a missing
+    /// or bad file is reported as such.
     pub fn connector(&self) -> Result<MakeTls, TlsError> {
         let config = match self.mode {
             SslMode::Disable => None,
-            mode => Some(Arc::new(self.client_config(mode)?)),
+            mode => Some(self.shared_config(mode)?),
         };
         Ok(MakeTls {
             config,
             mode: self.mode,
             used: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    fn shared_config(&self, mode: SslMode) -> Result<Arc<ClientConfig>, TlsError> {
+        let mut configs = CONFIGS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, config)) = configs.iter().find(|(options, _)| options == self) {
+            return Ok(config.clone());
+        }
+        let config = Arc::new(self.client_config(mode)?);
+        configs.push((self.clone(), config.clone()));
+        Ok(config)
     }
 
     fn client_config(&self, mode: SslMode) -> Result<ClientConfig, TlsError> {
