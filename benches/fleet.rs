@@ -171,6 +171,44 @@ fn sample_status_latency(
     })
 }
 
+/// What was measured over one window of a running collector.
+struct Window {
+    /// Repository clock at the window's start and end.
+    from: f64,
+    to: f64,
+    /// Collector CPU seconds over the window.
+    cpu: f64,
+    memory: ProcessMemory,
+    /// WORKERS_STATUS round trips (ms, sorted) and requests unanswered.
+    latency: Vec<f64>,
+    unanswered: usize,
+    /// Every snapshot logged so far.
+    log: Vec<LoggedSnapshot>,
+}
+
+/// Wait `window` seconds with WORKERS_STATUS asked every `every`.
+fn measure_window(fleet: &SimFleet, pid: u32, window: u64, every: Duration) -> Window {
+    let from = repository_clock(&fleet.repository).unwrap();
+    let cpu_before = cpu_seconds(pid).unwrap_or(f64::NAN);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_status_latency(fleet.repository_dsn(), every, stop.clone());
+    std::thread::sleep(Duration::from_secs(window));
+    let to = repository_clock(&fleet.repository).unwrap();
+    let cpu = cpu_seconds(pid).unwrap_or(f64::NAN) - cpu_before;
+    let memory = process_memory(pid);
+    stop.store(true, Ordering::Relaxed);
+    let (latency, unanswered) = sampler.join().unwrap();
+    Window {
+        from,
+        to,
+        cpu,
+        memory,
+        latency,
+        unanswered,
+        log: logged_snapshots(&fleet.repository).unwrap(),
+    }
+}
+
 /// What one collector did over one measured window.
 struct WindowResult {
     done: usize,
@@ -263,21 +301,15 @@ fn compare(args: &[String]) {
         std::thread::sleep(Duration::from_secs(2));
         let startup = process_memory(pid);
         std::thread::sleep(Duration::from_secs(frequency as u64 - 2));
-        let from = repository_clock(&fleet.repository).unwrap();
-        let cpu_before = cpu_seconds(pid).unwrap_or(f64::NAN);
-        let stop = Arc::new(AtomicBool::new(false));
-        let sampler = sample_status_latency(
-            fleet.repository_dsn(),
-            Duration::from_millis(500),
-            stop.clone(),
-        );
-        std::thread::sleep(Duration::from_secs(window));
-        let to = repository_clock(&fleet.repository).unwrap();
-        let cpu = cpu_seconds(pid).unwrap_or(f64::NAN) - cpu_before;
-        let memory = process_memory(pid);
-        stop.store(true, Ordering::Relaxed);
-        let (latency, unanswered) = sampler.join().unwrap();
-        let log = logged_snapshots(&fleet.repository).unwrap();
+        let Window {
+            from,
+            to,
+            cpu,
+            memory,
+            latency,
+            unanswered,
+            log,
+        } = measure_window(&fleet, pid, window, Duration::from_millis(500));
         let result = window_result(&log, &srvids, freq, from, to);
         let first = log
             .iter()
@@ -478,21 +510,15 @@ fn scale(args: &[String]) {
         let running = collector.start(&fleet.repository_dsn(), &cache);
         let pid = running.pid();
         std::thread::sleep(Duration::from_secs(30));
-        let from = repository_clock(&fleet.repository).unwrap();
-        let cpu_before = cpu_seconds(pid).unwrap_or(f64::NAN);
-        let stop = Arc::new(AtomicBool::new(false));
-        let sampler = sample_status_latency(
-            fleet.repository_dsn(),
-            Duration::from_millis(200),
-            stop.clone(),
-        );
-        std::thread::sleep(Duration::from_secs(window));
-        let to = repository_clock(&fleet.repository).unwrap();
-        let cpu = cpu_seconds(pid).unwrap_or(f64::NAN) - cpu_before;
-        let memory = process_memory(pid);
-        stop.store(true, Ordering::Relaxed);
-        let (latency, _) = sampler.join().unwrap();
-        let log = logged_snapshots(&fleet.repository).unwrap();
+        let Window {
+            from,
+            to,
+            cpu,
+            memory,
+            latency,
+            log,
+            ..
+        } = measure_window(&fleet, pid, window, Duration::from_millis(200));
         let done = window_result(&log, &srvids, frequency as f64, from, to).done;
         running.stop();
         println!(

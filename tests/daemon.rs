@@ -55,6 +55,21 @@ async fn workers_status(dsn: &str, timeout: Duration) -> Option<String> {
     client.ask("WORKERS_STATUS", "", timeout).await
 }
 
+/// WORKERS_STATUS answered within `timeout`, asking again from a new
+/// session while the repository or the daemon's LISTEN is still coming back.
+async fn answers_again(dsn: &str, timeout: Duration) -> bool {
+    eventually(timeout, || async {
+        match Requester::connect(dsn).await {
+            Ok(mut c) => c
+                .ask("WORKERS_STATUS", "", Duration::from_secs(1))
+                .await
+                .is_some(),
+            Err(_) => false,
+        }
+    })
+    .await
+}
+
 fn start(fleet: &Fleet, extra: &str) -> Daemon {
     Daemon::start(Path::new(BIN), &fleet.repository_dsn(), extra).expect("daemon starts")
 }
@@ -286,16 +301,7 @@ async fn survives_a_repository_restart() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     fleet.repository.start_again().unwrap();
 
-    let answered = eventually(Duration::from_secs(20), || async {
-        match Requester::connect(&fleet.repository_dsn()).await {
-            Ok(mut c) => c
-                .ask("WORKERS_STATUS", "", Duration::from_secs(1))
-                .await
-                .is_some(),
-            Err(_) => false,
-        }
-    })
-    .await;
+    let answered = answers_again(&fleet.repository_dsn(), Duration::from_secs(20)).await;
     assert!(answered, "no answer after the restart:\n{}", daemon.log());
     let repo = fleet.repository.client("powa").await.unwrap();
     let seq = coalesce_seq(&repo, srvid).await;
@@ -1048,16 +1054,7 @@ async fn a_repository_crash_mid_snapshot_loses_nothing_and_everything_resumes() 
     }
 
     // LISTEN is back: WORKERS_STATUS gets an answer.
-    let answered = eventually(Duration::from_secs(30), || async {
-        match Requester::connect(&fleet.repository_dsn()).await {
-            Ok(mut c) => c
-                .ask("WORKERS_STATUS", "", Duration::from_secs(1))
-                .await
-                .is_some(),
-            Err(_) => false,
-        }
-    })
-    .await;
+    let answered = answers_again(&fleet.repository_dsn(), Duration::from_secs(30)).await;
     assert!(answered, "no answer after the crash:\n{}", daemon.log());
     // Every server's schedule resumes, and history grows again.
     for (srvid, seq) in servers.iter().zip(before) {
