@@ -55,6 +55,24 @@ async fn workers_status(dsn: &str, timeout: Duration) -> Option<String> {
     client.ask("WORKERS_STATUS", "", timeout).await
 }
 
+/// A collector session waiting on a lock (within 20 s): a snapshot held by
+/// a test's lock on a staging table.
+async fn a_snapshot_waits_on_a_lock(client: &Client) -> bool {
+    eventually(Duration::from_secs(20), || async {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name LIKE 'powa-fleet%' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n > 0
+    })
+    .await
+}
+
 /// WORKERS_STATUS answered within `timeout`, asking again from a new
 /// session while the repository or the daemon's LISTEN is still coming back.
 async fn answers_again(dsn: &str, timeout: Duration) -> bool {
@@ -654,19 +672,7 @@ async fn sigterm_during_a_snapshot_rolls_it_back_and_exits_in_time() {
     let config = "[timeouts]\nlock = 60\n[shutdown]\ngrace = 2\n";
     let mut daemon = start(&fleet, config);
     let watcher = fleet.repository.client("powa").await.unwrap();
-    let blocked = eventually(Duration::from_secs(20), || async {
-        let n: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'powa-fleet%' \
-                 AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        n > 0
-    })
-    .await;
+    let blocked = a_snapshot_waits_on_a_lock(&watcher).await;
     assert!(blocked, "no snapshot in flight:\n{}", daemon.log());
 
     let asked = std::time::Instant::now();
@@ -1005,19 +1011,7 @@ async fn a_repository_crash_mid_snapshot_loses_nothing_and_everything_resumes() 
             .batch_execute("BEGIN; LOCK TABLE powa_statements_src_tmp IN ACCESS EXCLUSIVE MODE")
             .await
             .unwrap();
-        let blocked = eventually(Duration::from_secs(20), || async {
-            let n: i64 = repo
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE application_name LIKE 'powa-fleet%' AND wait_event_type = 'Lock'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            n > 0
-        })
-        .await;
+        let blocked = a_snapshot_waits_on_a_lock(&repo).await;
         assert!(blocked, "no snapshot in flight:\n{}", daemon.log());
         [
             coalesce_seq(&repo, servers[0]).await,
