@@ -154,25 +154,42 @@ async fn check_repository(settings: &Settings) -> Result<Repository, String> {
             "commands: no".to_string()
         }
     };
-    let mut missing = repository::repository_missing_privileges(client)
+    let layout = &session.layout;
+    let mut missing = repository::repository_missing_privileges(client, layout)
         .await
         .map_err(|e| e.to_string())?;
-    let specs = repository::list_servers(client)
+    let specs = repository::list_servers(client, layout)
         .await
         .map_err(|e| e.to_string())?;
     let mut servers = Vec::new();
-    let mut all_sources = Vec::new();
+    let mut tables = BTreeSet::new();
+    let mut absent = BTreeSet::new();
     for spec in specs {
-        let (sources, _) = repository::datasources(client, spec.srvid)
+        let (sources, _) = repository::datasources(client, layout, spec.srvid)
             .await
             .map_err(|e| e.to_string())?;
-        all_sources.extend(sources.iter().cloned());
+        for source in &sources {
+            match source.staging_table(layout) {
+                Some(table) => {
+                    tables.insert(table);
+                }
+                None => {
+                    absent.insert(source.module.clone());
+                }
+            }
+        }
         servers.push((spec, sources));
     }
-    all_sources.sort_by(|a, b| a.query_source.cmp(&b.query_source));
-    all_sources.dedup_by(|a, b| a.query_source == b.query_source);
+    if !absent.is_empty() {
+        let names: Vec<String> = absent.into_iter().collect();
+        problems.push(format!(
+            "extensions not installed on the repository: {}",
+            names.join(", ")
+        ));
+    }
+    let tables: Vec<String> = tables.into_iter().collect();
     missing.extend(
-        repository::staging_missing_privileges(client, &all_sources)
+        repository::staging_missing_privileges(client, &tables)
             .await
             .map_err(|e| e.to_string())?,
     );
@@ -241,7 +258,7 @@ async fn check_remote(
             names.insert(format!("hypopg {version} (available)"));
         }
     }
-    let missing = repository::remote_missing_privileges(remote, datasources)
+    let missing = repository::remote_missing_privileges(remote, &session.layout, datasources)
         .await
         .map_err(|e| e.to_string())?;
     let privileges = if missing.is_empty() {

@@ -13,6 +13,7 @@ use thiserror::Error;
 use tokio_postgres::{Client, Config};
 
 use crate::error::{classify, pg_message, ErrorKind};
+use crate::layout::Layout;
 use crate::pgpass::{self, Lookup};
 use crate::redact::redact_dsn;
 use crate::server::ServerSpec;
@@ -75,10 +76,12 @@ pub fn application_name(role: &str) -> String {
     name
 }
 
-/// An open session, and whether it is encrypted.
+/// An open session, whether it is encrypted, and where PoWA's objects are
+/// in its database.
 pub struct Session {
     pub client: Client,
     pub tls: bool,
+    pub layout: Layout,
 }
 
 /// Parse the repository DSN into a config and its TLS options (the `ssl*`
@@ -203,15 +206,31 @@ pub async fn connect_remote(
     settings: &Settings,
     role: &str,
 ) -> Result<Session, ConnectError> {
-    let target = format!("remote server {}", spec.host_port());
+    connect_remote_database(spec, settings, role, &spec.dbname).await
+}
+
+/// Connect to database `dbname` of a remote server, as its PoWA database
+/// is connected to (per-database datasources and catalogs).
+pub async fn connect_remote_database(
+    spec: &ServerSpec,
+    settings: &Settings,
+    role: &str,
+    dbname: &str,
+) -> Result<Session, ConnectError> {
+    let target = if dbname == spec.dbname {
+        format!("remote server {}", spec.host_port())
+    } else {
+        format!("remote server {} database {dbname}", spec.host_port())
+    };
     let mut config = spec.pg_config();
+    config.dbname(dbname);
     config.ssl_mode(settings.remote_tls.mode.pg());
     let mut note = String::new();
     if spec.password.is_none() {
         if let Some(password) = tls::process_env("PGPASSWORD") {
             config.password(password);
         } else {
-            match pgpass::lookup(&spec.hostname, spec.port, &spec.dbname, &spec.username) {
+            match pgpass::lookup(&spec.hostname, spec.port, dbname, &spec.username) {
                 Lookup::Found(password) => {
                     config.password(password);
                 }
@@ -262,12 +281,13 @@ async fn connect_with_note(
         // The error, if any, surfaces on the client's next query.
         let _ = connection.await;
     });
-    prepare_session(&client, settings)
+    let layout = prepare_session(&client, settings)
         .await
         .map_err(|source| ConnectError::Setup { target, source })?;
     Ok(Session {
         client,
         tls: connector.used(),
+        layout,
     })
 }
 
@@ -280,16 +300,21 @@ pub fn apply_common(config: &mut Config, settings: &Settings, role: &str) {
         .keepalives_idle(settings.keepalive_idle);
 }
 
-/// `lock_timeout` when the server leaves it at 0, `statement_timeout`.
-async fn prepare_session(
+/// `lock_timeout` when the server leaves it at 0, `statement_timeout`, and
+/// `search_path = pg_catalog` where the layout wants it; returns the layout.
+pub async fn prepare_session(
     client: &Client,
     settings: &Settings,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<Layout, tokio_postgres::Error> {
+    let layout = Layout::read(client).await?;
     let row = client
-        .query_one("SELECT current_setting('lock_timeout')", &[])
+        .query_one("SELECT pg_catalog.current_setting('lock_timeout')", &[])
         .await?;
     let current: String = row.get(0);
     let mut sql = String::new();
+    if layout.wants_catalog_search_path() {
+        sql.push_str("SET search_path = pg_catalog;");
+    }
     if current == "0" {
         sql.push_str(&format!(
             "SET lock_timeout = {};",
@@ -300,7 +325,8 @@ async fn prepare_session(
         "SET statement_timeout = {};",
         millis(settings.statement_timeout)
     ));
-    client.batch_execute(&sql).await
+    client.batch_execute(&sql).await?;
+    Ok(layout)
 }
 
 fn millis(d: Duration) -> u128 {

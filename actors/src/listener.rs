@@ -23,11 +23,13 @@ use tokio_postgres::{AsyncMessage, Client, Notification};
 
 use crate::connect::prepare_repository;
 use crate::error::{backoff_delay, classify};
+use crate::layout::{Generation, Layout};
 use crate::protocol::{self, Answer, Command, Request};
+use crate::repository::quote_literal;
 use crate::settings::Settings;
 use crate::snapshot_actor::ForceAccepted;
 use crate::status::{Details, StatusActor, WorkerReport, WorkersStatus};
-use crate::supervisor::{Force, Reload, Supervisor};
+use crate::supervisor::{Force, RefreshCatalogsOf, Reload, Supervisor};
 
 /// Requests handled at once; beyond this a request is answered with an
 /// error instead of queueing without bound.
@@ -44,25 +46,66 @@ pub struct NewSettings(pub Arc<Settings>);
 #[rtype(result = "()")]
 struct Connect;
 
-/// Who may send commands, decided once per session from the server version.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Who may send commands, decided once per session from the server and
+/// PoWA versions.
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum PermissionRule {
-    /// PostgreSQL 14+: member of `pg_signal_backend`.
+    /// PostgreSQL 14+ with PoWA 4: member of `pg_signal_backend`.
     SignalBackend,
-    /// Older PostgreSQL with PoWA 4: INSERT privilege on `powa_statements`.
-    InsertStatements,
+    /// Older PostgreSQL with PoWA 4: INSERT privilege on `powa_statements`
+    /// (the qualified table).
+    InsertStatements(String),
+    /// PoWA 5: member of a role `powa_roles` (the qualified table) maps to
+    /// `powa_admin`, `powa_write_all_data` or `powa_signal_backend`, or of
+    /// `pg_signal_backend` on PostgreSQL 14+.
+    PowaRoles { table: String, signal_backend: bool },
 }
 
 impl PermissionRule {
-    fn sql(self) -> &'static str {
+    fn new(server_version_num: i32, layout: &Layout) -> PermissionRule {
+        let signal_backend = server_version_num >= 140000;
+        match layout.generation() {
+            Generation::Five => PermissionRule::PowaRoles {
+                table: layout.qualify("powa_roles"),
+                signal_backend,
+            },
+            Generation::Four if signal_backend => PermissionRule::SignalBackend,
+            Generation::Four => PermissionRule::InsertStatements(layout.qualify("powa_statements")),
+        }
+    }
+
+    /// One row with one boolean for the sender's pid (`$1`); no row, or
+    /// NULL, when its session is gone.
+    fn sql(&self) -> String {
         match self {
             PermissionRule::SignalBackend => {
-                "SELECT pg_has_role(a.usesysid, 'pg_signal_backend', 'MEMBER') \
+                "SELECT pg_catalog.pg_has_role(a.usesysid, 'pg_signal_backend', 'MEMBER') \
                  FROM pg_catalog.pg_stat_activity a WHERE a.pid = $1"
+                    .to_string()
             }
-            PermissionRule::InsertStatements => {
-                "SELECT has_table_privilege(a.usesysid, 'public.powa_statements', 'INSERT') \
-                 FROM pg_catalog.pg_stat_activity a WHERE a.pid = $1"
+            PermissionRule::InsertStatements(table) => format!(
+                "SELECT pg_catalog.has_table_privilege(a.usesysid, {}, 'INSERT') \
+                 FROM pg_catalog.pg_stat_activity a WHERE a.pid = $1",
+                quote_literal(table)
+            ),
+            PermissionRule::PowaRoles {
+                table,
+                signal_backend,
+            } => {
+                let predefined = if *signal_backend {
+                    "SELECT 'pg_signal_backend'::name UNION ALL "
+                } else {
+                    ""
+                };
+                format!(
+                    "SELECT pg_catalog.bool_or(pg_catalog.pg_has_role(a.usesysid, r.oid, 'MEMBER')) \
+                     FROM pg_catalog.pg_stat_activity a \
+                     CROSS JOIN ({predefined}SELECT rolname FROM {table} \
+                       WHERE powa_role IN ('powa_admin', 'powa_write_all_data', 'powa_signal_backend') \
+                     ) AS allowed(rolname) \
+                     JOIN pg_catalog.pg_roles r ON r.rolname = allowed.rolname \
+                     WHERE a.pid = $1"
+                )
             }
         }
     }
@@ -178,18 +221,17 @@ impl Handler<Connect> for Listener {
                         ))
                         .await?;
                     let row = setup
-                        .query_one("SELECT current_setting('server_version_num')::int", &[])
+                        .query_one(
+                            "SELECT pg_catalog.current_setting('server_version_num')::int",
+                            &[],
+                        )
                         .await?;
-                    Ok::<i32, tokio_postgres::Error>(row.get(0))
+                    let layout = Layout::read(&setup).await?;
+                    Ok::<_, tokio_postgres::Error>(PermissionRule::new(row.get(0), &layout))
                 }
                 .into_actor(act)
                 .map(move |result, act, ctx| match result {
-                    Ok(version) => {
-                        let rule = if version >= 140000 {
-                            PermissionRule::SignalBackend
-                        } else {
-                            PermissionRule::InsertStatements
-                        };
+                    Ok(rule) => {
                         info!(act.logger, "listening for commands"; "channel" => protocol::LISTEN_CHANNEL);
                         act.session = Some(Session { client, rule });
                         act.failures = 0;
@@ -313,7 +355,7 @@ impl Listener {
 async fn permitted(session: &Session, sender_pid: i32) -> Result<bool, tokio_postgres::Error> {
     let rows = session
         .client
-        .query(session.rule.sql(), &[&sender_pid])
+        .query(&session.rule.sql(), &[&sender_pid])
         .await?;
     Ok(rows
         .first()
@@ -438,9 +480,16 @@ async fn execute_one(
             Ok(Err(reason)) => Answer::error(word, reason),
             Err(_) => Answer::error(word, "The collector is stopping"),
         },
-        // Catalog snapshots are a PoWA 5 feature; on PoWA 4 there is
-        // nothing to refresh, and the answer is what clients expect.
-        Command::RefreshDbCat { .. } => Answer::catalogs_will_refresh(),
+        Command::RefreshDbCat { srvid, dbnames } => {
+            match supervisor
+                .send(RefreshCatalogsOf(*srvid, dbnames.clone()))
+                .await
+            {
+                Ok(Ok(())) => Answer::catalogs_will_refresh(),
+                Ok(Err(reason)) => Answer::error(word, reason),
+                Err(_) => Answer::error(word, "The collector is stopping"),
+            }
+        }
         // Answered in parts by `execute`; never routed here.
         Command::FleetStatus { .. } => Answer::error(word, "Answered in parts"),
     }

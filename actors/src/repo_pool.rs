@@ -15,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::Client;
 
 use crate::connect::{connect_repository, ConnectError};
+use crate::layout::Layout;
 use crate::settings::Settings;
 
 #[derive(Clone)]
@@ -33,7 +34,7 @@ const EXTRA_SESSIONS: usize = 4;
 
 struct State {
     settings: Arc<Settings>,
-    idle: Vec<Client>,
+    idle: Vec<(Client, Arc<Layout>)>,
     max_idle: usize,
 }
 
@@ -41,6 +42,7 @@ struct State {
 /// unless its connection is gone.
 pub struct PooledClient {
     client: Option<Client>,
+    layout: Arc<Layout>,
     pool: RepoPool,
     _open: OwnedSemaphorePermit,
 }
@@ -86,10 +88,11 @@ impl RepoPool {
             .expect("the pool's semaphore is never closed");
         let settings = {
             let mut state = self.lock();
-            while let Some(client) = state.idle.pop() {
+            while let Some((client, layout)) = state.idle.pop() {
                 if !client.is_closed() {
                     return Ok(PooledClient {
                         client: Some(client),
+                        layout,
                         pool: self.clone(),
                         _open: open,
                     });
@@ -97,9 +100,10 @@ impl RepoPool {
             }
             state.settings.clone()
         };
-        let client = connect_repository(&settings, "repository").await?.client;
+        let session = connect_repository(&settings, "repository").await?;
         Ok(PooledClient {
-            client: Some(client),
+            client: Some(session.client),
+            layout: Arc::new(session.layout),
             pool: self.clone(),
             _open: open,
         })
@@ -108,6 +112,13 @@ impl RepoPool {
     /// Close every idle session (shutdown).
     pub fn close_idle(&self) {
         self.lock().idle.clear();
+    }
+}
+
+impl PooledClient {
+    /// Where PoWA's objects are on the repository.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 }
 
@@ -133,7 +144,7 @@ impl Drop for PooledClient {
             }
             let mut state = self.pool.lock();
             if state.idle.len() < state.max_idle {
-                state.idle.push(client);
+                state.idle.push((client, self.layout.clone()));
             }
         }
     }

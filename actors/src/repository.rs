@@ -1,6 +1,7 @@
 //! Every SQL statement powa-fleet sends to the repository (and the few it
-//! sends to a remote server for version bookkeeping), for PoWA 4.1, where
-//! all objects live in the `public` schema.
+//! sends to a remote server for version bookkeeping), for PoWA 4.1 and 5.x.
+//! Objects are qualified with the schema the session's [`Layout`] found;
+//! where the two versions differ, the layout's [`Generation`] decides.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -9,10 +10,8 @@ use thiserror::Error;
 use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::error::{classify, pg_message, ErrorKind};
+use crate::layout::{Generation, Layout};
 use crate::server::{ServerSpec, SrvId};
-
-/// Schema of the PoWA 4 objects, always qualified (never `search_path`).
-pub const POWA_SCHEMA: &str = "public";
 
 #[derive(Debug, Error)]
 pub enum RepositoryError {
@@ -29,7 +28,7 @@ pub enum RepositoryError {
     #[error("PoWA {0} is too old: powa-fleet needs PoWA 4.1 or newer on the repository")]
     TooOld(PowaVersion),
     #[error(
-        "PoWA {0} is not supported yet: powa-fleet collects PoWA 4.x repositories (4.1 or newer)"
+        "PoWA {0} is not supported yet: powa-fleet collects PoWA 4.1 or newer 4.x, and PoWA 5.x"
     )]
     TooNew(PowaVersion),
     #[error("PoWA version mismatch: repository has {repository}, remote server has {remote} (major.minor must match)")]
@@ -116,24 +115,30 @@ async fn extension_version(
     PowaVersion::parse(row.get(0))
 }
 
-/// Refuse repositories older than PoWA 4.1, and PoWA 5, whose schemas and
-/// datasource layout differ.
+/// Refuse repositories older than PoWA 4.1, and majors after 5, whose SQL
+/// is unknown.
 pub fn check_supported(version: &PowaVersion) -> Result<(), RepositoryError> {
     if (version.major, version.minor) < (4, 1) {
         return Err(RepositoryError::TooOld(*version));
     }
-    if version.major > 4 {
+    if version.major > 5 {
         return Err(RepositoryError::TooNew(*version));
     }
     Ok(())
 }
 
 /// The servers to collect: `id > 0 AND frequency > 0`, by id.
-pub async fn list_servers(client: &Client) -> Result<Vec<ServerSpec>, RepositoryError> {
+pub async fn list_servers(
+    client: &Client,
+    layout: &Layout,
+) -> Result<Vec<ServerSpec>, RepositoryError> {
     let rows = client
         .query(
-            "SELECT id, hostname, port, username, password, dbname, frequency, alias \
-             FROM public.powa_servers WHERE id > 0 AND frequency > 0 ORDER BY id",
+            &format!(
+                "SELECT id, hostname, port, username, password, dbname, frequency, alias \
+                 FROM {} WHERE id > 0 AND frequency > 0 ORDER BY id",
+                layout.qualify("powa_servers")
+            ),
             &[],
         )
         .await
@@ -163,11 +168,17 @@ pub enum LastSnapshot {
     At(SystemTime),
 }
 
-pub async fn last_snapshot(client: &Client, srvid: SrvId) -> Result<LastSnapshot, RepositoryError> {
+pub async fn last_snapshot(
+    client: &Client,
+    layout: &Layout,
+    srvid: SrvId,
+) -> Result<LastSnapshot, RepositoryError> {
     let row = client
         .query_opt(
-            "SELECT EXTRACT(EPOCH FROM snapts)::float8 FROM public.powa_snapshot_metas \
-             WHERE srvid = $1",
+            &format!(
+                "SELECT EXTRACT(EPOCH FROM snapts)::float8 FROM {} WHERE srvid = $1",
+                layout.qualify("powa_snapshot_metas")
+            ),
             &[&srvid],
         )
         .await
@@ -188,39 +199,74 @@ pub async fn last_snapshot(client: &Client, srvid: SrvId) -> Result<LastSnapshot
 /// One snapshot datasource of a server (`powa_functions`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Datasource {
+    /// The extension or module it belongs to (`module` on PoWA 4, `name`
+    /// on PoWA 5).
     pub module: String,
+    /// Its objects live in its own extension's schema, not in powa's
+    /// (PoWA 5; always false on PoWA 4).
+    pub external: bool,
     /// Set-returning function on the remote; its `_tmp` table on the repository.
     pub query_source: String,
+    /// SQL run on the remote after the copy; PoWA 5 writes `{extname}`
+    /// where an extension's schema goes.
     pub query_cleanup: Option<String>,
     pub function_name: String,
+}
+
+impl Datasource {
+    /// The source function, qualified with its schema in `layout` (the
+    /// remote's); `None` when its extension is not installed there.
+    pub fn source_function(&self, layout: &Layout) -> Option<String> {
+        let schema = layout.datasource_schema(&self.module, self.external)?;
+        Some(format!("{schema}.{}", quote_ident(&self.query_source)))
+    }
+
+    /// `<query_source>_tmp`, qualified with its schema in `layout` (the
+    /// repository's); `None` when its extension is not installed there.
+    pub fn staging_table(&self, layout: &Layout) -> Option<String> {
+        let schema = layout.datasource_schema(&self.module, self.external)?;
+        Some(format!(
+            "{schema}.{}",
+            quote_ident(&format!("{}_tmp", self.query_source))
+        ))
+    }
+}
+
+/// The SQL listing the enabled snapshot datasources of a server (`$1`).
+pub fn datasources_sql(layout: &Layout) -> String {
+    let columns = match layout.generation() {
+        Generation::Four => "module, false",
+        Generation::Five => "name, external",
+    };
+    format!(
+        "SELECT {columns}, query_source, query_cleanup, function_name FROM {} \
+         WHERE operation = 'snapshot' AND enabled AND srvid = $1 ORDER BY priority, 1",
+        layout.qualify("powa_functions")
+    )
 }
 
 /// The enabled snapshot datasources of `srvid`, by priority; rows without a
 /// `query_source` are skipped and described in the returned warnings.
 pub async fn datasources<C: GenericClient>(
     client: &C,
+    layout: &Layout,
     srvid: SrvId,
 ) -> Result<(Vec<Datasource>, Vec<String>), RepositoryError> {
     let rows = client
-        .query(
-            "SELECT module, query_source, query_cleanup, function_name \
-             FROM public.powa_functions \
-             WHERE operation = 'snapshot' AND enabled AND srvid = $1 \
-             ORDER BY priority, module",
-            &[&srvid],
-        )
+        .query(&datasources_sql(layout), &[&srvid])
         .await
         .map_err(sql("reading powa_functions"))?;
     let mut found = Vec::new();
     let mut warnings = Vec::new();
     for row in rows {
         let module: String = row.get(0);
-        match row.get::<_, Option<String>>(1) {
+        match row.get::<_, Option<String>>(2) {
             Some(query_source) => found.push(Datasource {
                 module,
+                external: row.get(1),
                 query_source,
-                query_cleanup: row.get(2),
-                function_name: row.get(3),
+                query_cleanup: row.get(3),
+                function_name: row.get(4),
             }),
             None => warnings.push(format!("datasource {module} has no query_source, skipped")),
         }
@@ -228,15 +274,112 @@ pub async fn datasources<C: GenericClient>(
     Ok((found, warnings))
 }
 
+/// A per-database datasource (PoWA 5 `powa_db_functions`): copied from
+/// each remote database it is enabled for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbDatasource {
+    pub name: String,
+    /// A query (not a function) run in each database.
+    pub query_source: String,
+    /// The qualified staging table on the repository.
+    pub tmp_table: String,
+    /// `None`: every database.
+    pub dbnames: Option<Vec<String>>,
+}
+
+impl DbDatasource {
+    pub fn wants(&self, dbname: &str) -> bool {
+        self.dbnames
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == dbname))
+    }
+}
+
+/// The enabled per-database datasources of `srvid` for a remote running
+/// PostgreSQL `server_version_num`, by priority.
+pub async fn db_datasources<C: GenericClient>(
+    client: &C,
+    layout: &Layout,
+    srvid: SrvId,
+    server_version_num: i32,
+) -> Result<Vec<DbDatasource>, RepositoryError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT db_module, query_source, tmp_table, dbnames FROM {}($1, $2) \
+                 WHERE operation = 'snapshot' AND enabled AND query_source IS NOT NULL \
+                 ORDER BY priority, db_module",
+                layout.qualify("powa_db_functions")
+            ),
+            &[&srvid, &server_version_num],
+        )
+        .await
+        .map_err(sql("reading powa_db_functions"))?;
+    Ok(rows
+        .iter()
+        .map(|row| DbDatasource {
+            name: row.get(0),
+            query_source: row.get(1),
+            tmp_table: row.get(2),
+            dbnames: row.get(3),
+        })
+        .collect())
+}
+
+/// A catalog copied from each remote database (PoWA 5
+/// `powa_catalog_functions`), when its copy there is older than a year
+/// or a refresh was asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Catalog {
+    pub name: String,
+    pub query_source: String,
+    pub tmp_table: String,
+    /// Databases whose copy is recent enough.
+    pub fresh: Vec<String>,
+}
+
+/// The catalogs of `srvid` and where they are fresh.
+pub async fn catalogs<C: GenericClient>(
+    client: &C,
+    layout: &Layout,
+    srvid: SrvId,
+    server_version_num: i32,
+) -> Result<Vec<Catalog>, RepositoryError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT catname, query_source, tmp_table, excluded_dbnames \
+                 FROM {}($1, $2) WHERE query_source IS NOT NULL ORDER BY catname",
+                layout.qualify("powa_catalog_functions")
+            ),
+            &[&srvid, &server_version_num],
+        )
+        .await
+        .map_err(sql("reading powa_catalog_functions"))?;
+    Ok(rows
+        .iter()
+        .map(|row| Catalog {
+            name: row.get(0),
+            query_source: row.get(1),
+            tmp_table: row.get(2),
+            fresh: row.get(3),
+        })
+        .collect())
+}
+
 /// Replace the server's stored errors (connection failures, lost snapshots).
 pub async fn record_connection_error(
     client: &Client,
+    layout: &Layout,
     srvid: SrvId,
     message: &str,
 ) -> Result<(), RepositoryError> {
     client
         .execute(
-            "UPDATE public.powa_snapshot_metas SET errors = ARRAY[$2::text] WHERE srvid = $1",
+            &format!(
+                "UPDATE {} SET errors = ARRAY[$2::text] WHERE srvid = $1",
+                layout.qualify("powa_snapshot_metas")
+            ),
             &[&srvid, &message],
         )
         .await
@@ -247,12 +390,15 @@ pub async fn record_connection_error(
 /// Append errors to the server's stored errors, inside the snapshot.
 pub async fn append_errors(
     tx: &Transaction<'_>,
+    layout: &Layout,
     srvid: SrvId,
     errors: &[String],
 ) -> Result<(), tokio_postgres::Error> {
     tx.execute(
-        "UPDATE public.powa_snapshot_metas \
-         SET errors = pg_catalog.array_cat(errors, $2::text[]) WHERE srvid = $1",
+        &format!(
+            "UPDATE {} SET errors = pg_catalog.array_cat(errors, $2::text[]) WHERE srvid = $1",
+            layout.qualify("powa_snapshot_metas")
+        ),
         &[&srvid, &errors],
     )
     .await
@@ -261,28 +407,31 @@ pub async fn append_errors(
 
 /// Clear the server's stored errors (when `powa_take_snapshot` failed and
 /// could not do it itself).
-pub async fn clear_errors(tx: &Transaction<'_>, srvid: SrvId) -> Result<(), tokio_postgres::Error> {
+pub async fn clear_errors(
+    tx: &Transaction<'_>,
+    layout: &Layout,
+    srvid: SrvId,
+) -> Result<(), tokio_postgres::Error> {
     tx.execute(
-        "UPDATE public.powa_snapshot_metas SET errors = NULL WHERE srvid = $1",
+        &format!(
+            "UPDATE {} SET errors = NULL WHERE srvid = $1",
+            layout.qualify("powa_snapshot_metas")
+        ),
         &[&srvid],
     )
     .await
     .map(|_| ())
 }
 
-/// Remove the rows of `srvid` staged in `<query_source>_tmp`.
+/// Remove the rows of `srvid` staged in `table` (qualified).
 pub async fn clear_staged(
     tx: &Transaction<'_>,
     srvid: SrvId,
-    query_source: &str,
+    table: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    let table = quote_ident(&format!("{query_source}_tmp"));
-    tx.execute(
-        &format!("DELETE FROM {POWA_SCHEMA}.{table} WHERE srvid = $1"),
-        &[&srvid],
-    )
-    .await
-    .map(|_| ())
+    tx.execute(&format!("DELETE FROM {table} WHERE srvid = $1"), &[&srvid])
+        .await
+        .map(|_| ())
 }
 
 /// What a remote server runs: its PostgreSQL version, its extensions and
@@ -341,26 +490,33 @@ pub async fn remote_inventory(remote: &Client) -> Result<RemoteInventory, Reposi
 }
 
 /// Version bookkeeping: the remote's PostgreSQL version, its extension
-/// versions, hypopg availability; then refuse a powa major.minor different
+/// versions (`powa_extensions` on PoWA 4, `powa_extension_config` on
+/// PoWA 5), hypopg availability; then refuse a powa major.minor different
 /// from the repository's.
 pub async fn update_versions(
     repo: &Client,
+    layout: &Layout,
     remote: &Client,
     srvid: SrvId,
 ) -> Result<(), RepositoryError> {
     let inventory = remote_inventory(remote).await?;
     repo.execute(
-        "UPDATE public.powa_servers SET version = $2 \
-         WHERE id = $1 AND version IS DISTINCT FROM $2",
+        &format!(
+            "UPDATE {} SET version = $2 WHERE id = $1 AND version IS DISTINCT FROM $2",
+            layout.qualify("powa_servers")
+        ),
         &[&srvid, &inventory.server_version],
     )
     .await
     .map_err(sql("saving the server version"))?;
 
+    let table = layout.extension_table();
     for (name, version) in &inventory.extensions {
         repo.execute(
-            "UPDATE public.powa_extensions SET version = $3 \
-             WHERE srvid = $1 AND extname = $2 AND version IS DISTINCT FROM $3",
+            &format!(
+                "UPDATE {table} SET version = $3 \
+                 WHERE srvid = $1 AND extname = $2 AND version IS DISTINCT FROM $3"
+            ),
             &[&srvid, name, version],
         )
         .await
@@ -370,16 +526,17 @@ pub async fn update_versions(
     match &inventory.hypopg {
         Some(version) => repo
             .execute(
-                "INSERT INTO public.powa_extensions (srvid, extname, version) \
-                 VALUES ($1, 'hypopg', $2) \
-                 ON CONFLICT (srvid, extname) DO UPDATE SET version = EXCLUDED.version",
+                &format!(
+                    "INSERT INTO {table} (srvid, extname, version) VALUES ($1, 'hypopg', $2) \
+                     ON CONFLICT (srvid, extname) DO UPDATE SET version = EXCLUDED.version"
+                ),
                 &[&srvid, version],
             )
             .await
             .map_err(sql("saving the hypopg version"))?,
         None => repo
             .execute(
-                "DELETE FROM public.powa_extensions WHERE srvid = $1 AND extname = 'hypopg'",
+                &format!("DELETE FROM {table} WHERE srvid = $1 AND extname = 'hypopg'"),
                 &[&srvid],
             )
             .await
@@ -416,42 +573,85 @@ pub async fn try_listen_notify(client: &Client, channel: &str) -> Result<(), Rep
 /// errors and versions. Empty when nothing is missing.
 pub async fn repository_missing_privileges(
     client: &Client,
+    layout: &Layout,
 ) -> Result<Vec<String>, RepositoryError> {
-    let rows = client
-        .query(
-            "SELECT what FROM (VALUES \
-               ('SELECT on powa_servers', has_table_privilege('public.powa_servers', 'SELECT')), \
-               ('UPDATE (version) on powa_servers', \
-                 has_column_privilege('public.powa_servers', 'version', 'UPDATE')), \
-               ('SELECT on powa_functions', has_table_privilege('public.powa_functions', 'SELECT')), \
-               ('SELECT, UPDATE on powa_snapshot_metas', \
-                 has_table_privilege('public.powa_snapshot_metas', 'SELECT, UPDATE')), \
-               ('INSERT, UPDATE, DELETE on powa_extensions', \
-                 has_table_privilege('public.powa_extensions', 'INSERT, UPDATE, DELETE')), \
-               ('EXECUTE on powa_take_snapshot(integer)', \
-                 has_function_privilege('public.powa_take_snapshot(integer)', 'EXECUTE')) \
-             ) AS p(what, ok) WHERE NOT ok",
-            &[],
-        )
-        .await
-        .map_err(sql("checking the repository role's privileges"))?;
-    Ok(rows.iter().map(|row| row.get(0)).collect())
+    let mut wanted = vec![
+        Privilege::table("SELECT", layout, "powa_servers"),
+        Privilege {
+            what: "UPDATE (version) on powa_servers".to_string(),
+            check: "has_column_privilege($1, 'version', 'UPDATE')".to_string(),
+            object: layout.qualify("powa_servers"),
+        },
+        Privilege::table("SELECT", layout, "powa_functions"),
+        Privilege::table("SELECT, UPDATE", layout, "powa_snapshot_metas"),
+    ];
+    let extensions = match layout.generation() {
+        Generation::Four => "powa_extensions",
+        Generation::Five => "powa_extension_config",
+    };
+    wanted.push(Privilege::table(
+        "INSERT, UPDATE, DELETE",
+        layout,
+        extensions,
+    ));
+    wanted.push(Privilege::execute(layout, "powa_take_snapshot", "integer"));
+    if layout.generation() == Generation::Five {
+        wanted.push(Privilege::execute(
+            layout,
+            "powa_db_functions",
+            "integer, integer",
+        ));
+        wanted.push(Privilege::execute(
+            layout,
+            "powa_catalog_functions",
+            "integer, integer, interval",
+        ));
+    }
+    let mut missing = Vec::new();
+    for privilege in wanted {
+        let ok: bool = client
+            .query_one(&format!("SELECT {}", privilege.check), &[&privilege.object])
+            .await
+            .map_err(sql("checking the repository role's privileges"))?
+            .get(0);
+        if !ok {
+            missing.push(privilege.what);
+        }
+    }
+    Ok(missing)
 }
 
-/// `_tmp` tables of `datasources` the repository role cannot fill.
+/// One privilege the repository role needs: how it is named to the user,
+/// the check (`$1` is the object), the qualified object.
+struct Privilege {
+    what: String,
+    check: String,
+    object: String,
+}
+
+impl Privilege {
+    fn table(privileges: &'static str, layout: &Layout, table: &str) -> Privilege {
+        Privilege {
+            what: format!("{privileges} on {table}"),
+            check: format!("has_table_privilege($1, '{privileges}')"),
+            object: layout.qualify(table),
+        }
+    }
+
+    fn execute(layout: &Layout, function: &str, arguments: &str) -> Privilege {
+        Privilege {
+            what: format!("EXECUTE on {function}({arguments})"),
+            check: "has_function_privilege($1, 'EXECUTE')".to_string(),
+            object: format!("{}({arguments})", layout.qualify(function)),
+        }
+    }
+}
+
+/// Staging tables (qualified) the repository role cannot fill.
 pub async fn staging_missing_privileges(
     client: &Client,
-    datasources: &[Datasource],
+    tables: &[String],
 ) -> Result<Vec<String>, RepositoryError> {
-    let tables: Vec<String> = datasources
-        .iter()
-        .map(|d| {
-            format!(
-                "{POWA_SCHEMA}.{}",
-                quote_ident(&format!("{}_tmp", d.query_source))
-            )
-        })
-        .collect();
     let rows = client
         .query(
             "SELECT 'INSERT, DELETE on ' || t FROM unnest($1::text[]) AS t \
@@ -466,7 +666,7 @@ pub async fn staging_missing_privileges(
 
 /// PoWA tables of the remote's own powa database that its source functions
 /// read (found by running them as a role without any grant).
-const REMOTE_READ_TABLES: [&str; 2] = ["public.powa_statements", "public.powa_databases"];
+const REMOTE_READ_TABLES: [&str; 2] = ["powa_statements", "powa_databases"];
 
 /// The function a cleanup of the form `SELECT name()` calls, as a
 /// signature `to_regprocedure` resolves (`pg_qualstats_reset()`).
@@ -480,7 +680,7 @@ fn cleanup_function(cleanup: &str) -> Option<String> {
     let plain = !name.is_empty()
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '"'));
     plain.then(|| format!("{name}()"))
 }
 
@@ -491,17 +691,23 @@ fn cleanup_function(cleanup: &str) -> Option<String> {
 /// from the statistics).
 pub async fn remote_missing_privileges(
     remote: &Client,
+    layout: &Layout,
     datasources: &[Datasource],
 ) -> Result<Vec<String>, RepositoryError> {
+    // A datasource whose extension is missing is reported by the snapshot
+    // itself; here it has no function to check.
     let mut functions: Vec<String> = datasources
         .iter()
-        .map(|d| format!("{POWA_SCHEMA}.{}(integer)", quote_ident(&d.query_source)))
+        .filter_map(|d| Some(format!("{}(integer)", d.source_function(layout)?)))
         .collect();
-    functions.extend(
-        datasources
-            .iter()
-            .filter_map(|d| d.query_cleanup.as_deref().and_then(cleanup_function)),
-    );
+    functions.extend(datasources.iter().filter_map(|d| {
+        let cleanup = layout.expand(d.query_cleanup.as_deref()?).ok()?;
+        cleanup_function(&cleanup)
+    }));
+    let tables: Vec<String> = REMOTE_READ_TABLES
+        .iter()
+        .map(|t| layout.qualify(t))
+        .collect();
     let rows = remote
         .query(
             "SELECT 'EXECUTE on ' || f FROM unnest($1::text[]) AS f \
@@ -514,11 +720,16 @@ pub async fn remote_missing_privileges(
              UNION ALL \
              SELECT 'membership in pg_read_all_stats' \
              WHERE NOT pg_has_role('pg_read_all_stats', 'MEMBER')",
-            &[&functions, &REMOTE_READ_TABLES.to_vec()],
+            &[&functions, &tables],
         )
         .await
         .map_err(sql("checking the remote role's privileges"))?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// `text` as a single-quoted SQL literal (standard_conforming_strings).
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// `name` as a double-quoted SQL identifier.
@@ -550,14 +761,15 @@ mod tests {
     }
 
     #[test]
-    fn old_powa_is_refused() {
+    fn old_powa_and_unknown_majors_are_refused() {
         assert!(check_supported(&PowaVersion::parse("4.0.1").unwrap()).is_err());
         assert!(check_supported(&PowaVersion::parse("3.2.0").unwrap()).is_err());
         assert!(check_supported(&PowaVersion::parse("4.1.0").unwrap()).is_ok());
-        let message = check_supported(&PowaVersion::parse("5.1.2").unwrap())
+        assert!(check_supported(&PowaVersion::parse("5.1.2").unwrap()).is_ok());
+        let message = check_supported(&PowaVersion::parse("6.0.0").unwrap())
             .unwrap_err()
             .to_string();
-        assert!(message.contains("5.1.2 is not supported yet"), "{message}");
+        assert!(message.contains("6.0.0 is not supported yet"), "{message}");
         let message = check_supported(&PowaVersion::parse("4.0.1").unwrap())
             .unwrap_err()
             .to_string();
@@ -579,6 +791,51 @@ mod tests {
         );
         assert_eq!(cleanup_function("SELECT f(1)"), None);
         assert_eq!(cleanup_function("DELETE FROM t"), None);
+    }
+
+    fn layout(powa: &str) -> Layout {
+        Layout::from_rows([("powa".to_string(), "\"P\"".to_string(), powa.to_string())])
+    }
+
+    #[test]
+    fn each_powa_gets_its_datasource_columns() {
+        assert_eq!(
+            datasources_sql(&layout("4.1.4")),
+            "SELECT module, false, query_source, query_cleanup, function_name \
+             FROM \"P\".\"powa_functions\" WHERE operation = 'snapshot' AND enabled \
+             AND srvid = $1 ORDER BY priority, 1"
+        );
+        assert!(datasources_sql(&layout("5.1.2")).starts_with("SELECT name, external, "));
+    }
+
+    #[test]
+    fn datasource_objects_follow_the_layout() {
+        let ds = Datasource {
+            module: "pg_qualstats".into(),
+            external: false,
+            query_source: "powa_qualstats_src".into(),
+            query_cleanup: None,
+            function_name: "powa_qualstats_snapshot".into(),
+        };
+        let l = layout("5.1.2");
+        assert_eq!(
+            ds.source_function(&l).unwrap(),
+            "\"P\".\"powa_qualstats_src\""
+        );
+        assert_eq!(
+            ds.staging_table(&l).unwrap(),
+            "\"P\".\"powa_qualstats_src_tmp\""
+        );
+        let external = Datasource {
+            external: true,
+            ..ds
+        };
+        assert_eq!(external.staging_table(&l), None);
+    }
+
+    #[test]
+    fn literals_are_quoted() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
     }
 
     #[test]

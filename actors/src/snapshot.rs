@@ -8,15 +8,23 @@
 //! are appended to `powa_snapshot_metas.errors` after it (it clears them);
 //! the repository commits last. Losing either connection aborts the whole
 //! snapshot: nothing of it is visible on the repository.
+//!
+//! On PoWA 5 the per-database datasources and catalogs
+//! ([`crate::per_database`]) are copied into the same repository
+//! transaction, before `powa_take_snapshot`.
 
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use thiserror::Error;
 use tokio_postgres::{Client, Transaction};
 
 use crate::copy::{pipe, PipeError};
 use crate::error::{classify, pg_message, ErrorKind};
-use crate::repository::{self, quote_ident, Datasource, POWA_SCHEMA};
+use crate::layout::{Generation, Layout};
+use crate::per_database;
+pub use crate::per_database::CatalogRefresh;
+use crate::repository::{self, Datasource};
 use crate::server::SrvId;
 
 /// What one snapshot did.
@@ -70,13 +78,13 @@ impl SnapshotError {
     }
 }
 
-fn remote(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SnapshotError {
+pub(crate) fn remote(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SnapshotError {
     move |source| SnapshotError::Remote { what, source }
 }
 
 /// A remote step, given up when the server stays silent for `limit`; the
 /// inner result is the step's own.
-async fn on_remote<T>(
+pub(crate) async fn on_remote<T>(
     limit: Duration,
     what: &'static str,
     fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
@@ -89,7 +97,7 @@ async fn on_remote<T>(
         })
 }
 
-fn repo(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SnapshotError {
+pub(crate) fn repo(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SnapshotError {
     move |source| SnapshotError::Repository { what, source }
 }
 
@@ -103,41 +111,92 @@ pub enum Step {
 
 /// A failure that costs the whole snapshot (a lost connection), as
 /// opposed to one datasource (an SQL error under a savepoint).
-fn is_lost(err: &tokio_postgres::Error) -> bool {
+pub(crate) fn is_lost(err: &tokio_postgres::Error) -> bool {
     err.code().is_none()
 }
 
-/// For one datasource: the remote `COPY ... TO STDOUT`, the repository's
-/// staging table, and the `COPY ... FROM STDIN` into it.
-pub fn copy_statements(srvid: SrvId, ds: &Datasource) -> (String, String, String) {
-    let source = format!(
-        "COPY (SELECT {srvid}, * FROM {POWA_SCHEMA}.{}(0)) TO STDOUT",
-        quote_ident(&ds.query_source)
-    );
-    let table = format!(
-        "{POWA_SCHEMA}.{}",
-        quote_ident(&format!("{}_tmp", ds.query_source))
-    );
-    let sink = format!("COPY {table} FROM STDIN");
-    (source, table, sink)
+/// Opens a session on another database of the remote server (PoWA 5
+/// per-database datasources and catalogs); the error is for the user.
+pub type OpenDatabase = dyn Fn(String) -> BoxFuture<'static, Result<Client, String>> + Send + Sync;
+
+/// What one snapshot needs besides its two sessions.
+pub struct Job<'a> {
+    pub srvid: SrvId,
+    /// Every remote step must answer within this.
+    pub remote_silence: Duration,
+    /// Where PoWA's objects are on the repository and on the remote.
+    pub repository: &'a Layout,
+    pub remote: &'a Layout,
+    /// PoWA 5: catalogs to copy whatever their age.
+    pub catalogs: &'a CatalogRefresh,
+    pub open_database: &'a OpenDatabase,
 }
 
-/// Take one snapshot of `srvid` (SPEC steps 1–7). The remote server must
-/// answer every step within `remote_silence`.
+/// One copy from the remote into a staging table of the repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyPlan {
+    /// The datasource, in steps and error messages.
+    pub name: String,
+    /// What runs on the remote, for error messages.
+    pub source_label: String,
+    /// `COPY (...) TO STDOUT` on the remote.
+    pub source: String,
+    /// The qualified staging table on the repository.
+    pub table: String,
+}
+
+impl CopyPlan {
+    fn sink(&self) -> String {
+        format!("COPY {} FROM STDIN", self.table)
+    }
+}
+
+/// The copy of one global datasource: its source function called with
+/// `0` (the remote's own data) in the schema it lives in on the remote,
+/// into `<query_source>_tmp` in the schema it lives in on the repository.
+/// The error says which side lacks the datasource's extension.
+pub fn global_plan(job: &Job<'_>, ds: &Datasource) -> Result<CopyPlan, String> {
+    let missing = |side: &str| {
+        format!(
+            "{}: extension {} is not installed on the {side}",
+            ds.module, ds.module
+        )
+    };
+    let function = ds
+        .source_function(job.remote)
+        .ok_or_else(|| missing("remote server"))?;
+    let table = ds
+        .staging_table(job.repository)
+        .ok_or_else(|| missing("repository"))?;
+    Ok(CopyPlan {
+        name: ds.module.clone(),
+        source: format!(
+            "COPY (SELECT {}, * FROM {function}(0)) TO STDOUT",
+            job.srvid
+        ),
+        source_label: format!("{function}(0)"),
+        table,
+    })
+}
+
+/// Take one snapshot of `job.srvid` (SPEC steps 1–7, and on PoWA 5 the
+/// per-database datasources and catalogs before step 5).
 pub async fn take_snapshot(
     repo_client: &mut Client,
     remote_client: &mut Client,
-    srvid: SrvId,
-    remote_silence: Duration,
+    job: &Job<'_>,
     observer: &mut dyn FnMut(Step),
 ) -> Result<SnapshotReport, SnapshotError> {
     let started = Instant::now();
+    let srvid = job.srvid;
+    let remote_silence = job.remote_silence;
+    let layout = job.repository;
     let mut report = SnapshotReport::default();
     let mut repo_tx = repo_client
         .transaction()
         .await
         .map_err(repo("opening the transaction"))?;
-    let (datasources, warnings) = repository::datasources(&repo_tx, srvid)
+    let (datasources, warnings) = repository::datasources(&repo_tx, layout, srvid)
         .await
         .map_err(|e| match e {
             repository::RepositoryError::Sql { source, .. } => {
@@ -159,20 +218,50 @@ pub async fn take_snapshot(
         .await?
         .map_err(remote(what))?;
 
+    // Staging tables written to, emptied again if the snapshot is refused.
+    let mut staged = Vec::new();
     for ds in &datasources {
-        copy_datasource(
-            remote_silence,
-            &mut remote_tx,
-            &mut repo_tx,
-            srvid,
-            ds,
-            &mut report,
-            observer,
-        )
-        .await?;
-        if let Some(cleanup) = &ds.query_cleanup {
-            cleanup_datasource(remote_silence, &mut remote_tx, cleanup, &mut report).await?;
+        match global_plan(job, ds) {
+            Ok(plan) => {
+                if copy_one(
+                    remote_silence,
+                    &mut remote_tx,
+                    &mut repo_tx,
+                    &plan,
+                    &mut report,
+                    observer,
+                )
+                .await?
+                {
+                    staged.push(plan.table);
+                }
+            }
+            Err(error) => {
+                observer(Step::DatasourceFailed {
+                    module: ds.module.clone(),
+                    error: error.clone(),
+                });
+                report.errors.push(error);
+            }
         }
+        if let Some(cleanup) = &ds.query_cleanup {
+            match job.remote.expand(cleanup) {
+                Ok(cleanup) => {
+                    cleanup_datasource(remote_silence, &mut remote_tx, &cleanup, &mut report)
+                        .await?
+                }
+                Err(extension) => report.errors.push(format!(
+                    "{}: cleanup not run, extension {extension} is not installed on the remote server",
+                    ds.module
+                )),
+            }
+        }
+    }
+    if layout.generation() == Generation::Five {
+        staged.extend(
+            per_database::copy_all(job, &mut remote_tx, &mut repo_tx, &mut report, observer)
+                .await?,
+        );
     }
 
     observer(Step::BeforeTakeSnapshot);
@@ -181,7 +270,10 @@ pub async fn take_snapshot(
         .await
         .map_err(repo("opening a savepoint"))?;
     match sp
-        .query_one("SELECT public.powa_take_snapshot($1)", &[&srvid])
+        .query_one(
+            &format!("SELECT {}($1)", layout.qualify("powa_take_snapshot")),
+            &[&srvid],
+        )
         .await
     {
         Ok(row) => {
@@ -195,13 +287,13 @@ pub async fn take_snapshot(
                 .map_err(repo("rolling back a savepoint"))?;
             // powa_take_snapshot clears the stored errors first; it did not
             // get that far, so do it here before appending ours.
-            repository::clear_errors(&repo_tx, srvid)
+            repository::clear_errors(&repo_tx, layout, srvid)
                 .await
                 .map_err(repo("clearing errors"))?;
             // What was staged for it would otherwise be taken in by the next
             // snapshot, next to that snapshot's own copy.
-            for ds in &datasources {
-                repository::clear_staged(&repo_tx, srvid, &ds.query_source)
+            for table in &staged {
+                repository::clear_staged(&repo_tx, srvid, table)
                     .await
                     .map_err(repo("clearing staged rows"))?;
             }
@@ -211,7 +303,7 @@ pub async fn take_snapshot(
         }
     }
     if !report.errors.is_empty() {
-        repository::append_errors(&repo_tx, srvid, &report.errors)
+        repository::append_errors(&repo_tx, layout, srvid, &report.errors)
             .await
             .map_err(repo("recording errors"))?;
     }
@@ -236,16 +328,17 @@ pub async fn take_snapshot(
     Ok(report)
 }
 
-async fn copy_datasource(
+/// Copy one datasource under a savepoint on both sides. `Ok(true)` when it
+/// landed, `Ok(false)` when it failed alone (recorded in the report), `Err`
+/// when the failure costs the whole snapshot.
+pub(crate) async fn copy_one(
     remote_silence: Duration,
     remote_tx: &mut Transaction<'_>,
     repo_tx: &mut Transaction<'_>,
-    srvid: SrvId,
-    ds: &Datasource,
+    plan: &CopyPlan,
     report: &mut SnapshotReport,
     observer: &mut dyn FnMut(Step),
-) -> Result<(), SnapshotError> {
-    let (source_sql, sink_table, sink_sql) = copy_statements(srvid, ds);
+) -> Result<bool, SnapshotError> {
     let what = "opening a savepoint";
     let remote_sp = on_remote(remote_silence, what, remote_tx.savepoint("powa_fleet_src"))
         .await?
@@ -258,9 +351,9 @@ async fn copy_datasource(
         remote_silence,
         &remote_sp,
         &repo_sp,
-        &source_sql,
-        &sink_table,
-        &sink_sql,
+        &plan.source,
+        &plan.table,
+        &plan.sink(),
     )
     .await;
     match piped {
@@ -277,9 +370,10 @@ async fn copy_datasource(
             report.rows += copied.rows;
             report.bytes += copied.bytes;
             observer(Step::DatasourceDone {
-                module: ds.module.clone(),
+                module: plan.name.clone(),
                 rows: copied.rows,
             });
+            Ok(true)
         }
         Err(failure) => {
             let error = match failure {
@@ -294,15 +388,15 @@ async fn copy_datasource(
                     })
                 }
                 PipeError::Source(e) => format!(
-                    "{}: error while calling {POWA_SCHEMA}.{}(0) on the remote server: {}",
-                    ds.module,
-                    ds.query_source,
+                    "{}: error while calling {} on the remote server: {}",
+                    plan.name,
+                    plan.source_label,
                     pg_message(&e)
                 ),
                 PipeError::Sink(e) => format!(
-                    "{}: error while inserting into {POWA_SCHEMA}.{}_tmp: {}",
-                    ds.module,
-                    ds.query_source,
+                    "{}: error while inserting into {}: {}",
+                    plan.name,
+                    plan.table,
                     pg_message(&e)
                 ),
             };
@@ -315,13 +409,13 @@ async fn copy_datasource(
                 .await
                 .map_err(repo("rolling back a savepoint"))?;
             observer(Step::DatasourceFailed {
-                module: ds.module.clone(),
+                module: plan.name.clone(),
                 error: error.clone(),
             });
             report.errors.push(error);
+            Ok(false)
         }
     }
-    Ok(())
 }
 
 async fn cleanup_datasource(
@@ -366,20 +460,96 @@ async fn cleanup_datasource(
 mod tests {
     use super::*;
 
-    #[test]
-    fn copy_statements_quote_the_source() {
-        let ds = Datasource {
-            module: "pg_stat_statements".into(),
-            query_source: "powa_statements_src".into(),
+    fn no_database(_: String) -> BoxFuture<'static, Result<Client, String>> {
+        Box::pin(async { Err("no database".to_string()) })
+    }
+
+    fn datasource(module: &str, external: bool, source: &str) -> Datasource {
+        Datasource {
+            module: module.into(),
+            external,
+            query_source: source.into(),
             query_cleanup: None,
-            function_name: "powa_statements_snapshot".into(),
+            function_name: format!("{source}_snapshot"),
+        }
+    }
+
+    fn layout(rows: &[(&str, &str)], powa: &str) -> Layout {
+        Layout::from_rows(
+            rows.iter()
+                .map(|(n, s)| (n.to_string(), s.to_string(), powa.to_string())),
+        )
+    }
+
+    #[test]
+    fn powa_4_copies_from_and_into_powa_schema() {
+        let l = layout(&[("powa", "public")], "4.1.4");
+        let refresh = CatalogRefresh::default();
+        let job = Job {
+            srvid: 7,
+            remote_silence: Duration::from_secs(1),
+            repository: &l,
+            remote: &l,
+            catalogs: &refresh,
+            open_database: &no_database,
         };
-        let (source, table, sink) = copy_statements(7, &ds);
+        let plan = global_plan(
+            &job,
+            &datasource("pg_stat_statements", false, "powa_statements_src"),
+        )
+        .unwrap();
         assert_eq!(
-            source,
+            plan.source,
             "COPY (SELECT 7, * FROM public.\"powa_statements_src\"(0)) TO STDOUT"
         );
-        assert_eq!(table, "public.\"powa_statements_src_tmp\"");
-        assert_eq!(sink, "COPY public.\"powa_statements_src_tmp\" FROM STDIN");
+        assert_eq!(plan.table, "public.\"powa_statements_src_tmp\"");
+        assert_eq!(
+            plan.sink(),
+            "COPY public.\"powa_statements_src_tmp\" FROM STDIN"
+        );
+    }
+
+    #[test]
+    fn powa_5_external_datasources_live_in_their_extension_schema() {
+        let remote = layout(&[("powa", "p"), ("pg_track_settings", "ts")], "5.1.2");
+        let repo = layout(
+            &[("powa", "\"P R\""), ("pg_track_settings", "rts")],
+            "5.1.2",
+        );
+        let refresh = CatalogRefresh::default();
+        let job = Job {
+            srvid: 3,
+            remote_silence: Duration::from_secs(1),
+            repository: &repo,
+            remote: &remote,
+            catalogs: &refresh,
+            open_database: &no_database,
+        };
+        let external = global_plan(
+            &job,
+            &datasource("pg_track_settings", true, "pg_track_settings_rds_src"),
+        )
+        .unwrap();
+        assert_eq!(
+            external.source,
+            "COPY (SELECT 3, * FROM ts.\"pg_track_settings_rds_src\"(0)) TO STDOUT"
+        );
+        assert_eq!(external.table, "rts.\"pg_track_settings_rds_src_tmp\"");
+        let internal = global_plan(
+            &job,
+            &datasource("pg_qualstats", false, "powa_qualstats_src"),
+        )
+        .unwrap();
+        assert_eq!(internal.source_label, "p.\"powa_qualstats_src\"(0)");
+        assert_eq!(internal.table, "\"P R\".\"powa_qualstats_src_tmp\"");
+        let missing = global_plan(
+            &job,
+            &datasource("pg_wait_sampling", true, "powa_wait_sampling_src"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            missing,
+            "pg_wait_sampling: extension pg_wait_sampling is not installed on the remote server"
+        );
     }
 }

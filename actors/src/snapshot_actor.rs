@@ -23,16 +23,17 @@ use futures_util::FutureExt;
 use slog::{debug, error, info, o, warn, Logger};
 use tokio_postgres::Client;
 
-use crate::connect::connect_remote;
+use crate::connect::{connect_remote, connect_remote_database};
 use crate::error::{backoff_delay, classify, pg_message, retry_policy, ErrorKind, Retry};
 use crate::gate::Gate;
+use crate::layout::{Generation, Layout};
 use crate::redact::scrub;
 use crate::repo_pool::RepoPool;
 use crate::repository::{self, LastSnapshot};
 use crate::schedule;
 use crate::server::{ServerSpec, SrvId};
 use crate::settings::Settings;
-use crate::snapshot::{take_snapshot, SnapshotError, Step};
+use crate::snapshot::{take_snapshot, CatalogRefresh, Job, OpenDatabase, SnapshotError, Step};
 use crate::status::{Report, StatusActor, WorkerReport, WorkerState};
 
 /// A forced snapshot is refused when the last one is this recent.
@@ -53,6 +54,12 @@ pub enum ForceAccepted {
     /// Queued for a permit, ahead of every scheduled snapshot.
     Queued,
 }
+
+/// REFRESH_DB_CAT: copy the catalogs of these databases (all when empty)
+/// at the next snapshot, whatever their age.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct RefreshCatalogs(pub Vec<String>);
 
 /// Sent on reload to servers whose row did not change: reconnect if not
 /// healthy, otherwise redo the version bookkeeping.
@@ -98,7 +105,9 @@ pub struct SnapshotActor {
     logger: Logger,
     report: WorkerReport,
     /// The remote session, absent while disconnected or lent to a snapshot.
-    remote: Option<Client>,
+    remote: Option<Remote>,
+    /// Catalogs asked for by REFRESH_DB_CAT, for the next snapshot.
+    catalogs: CatalogRefresh,
     /// The next snapshot the schedule asks for (a forced one does not move it).
     due: Option<SystemTime>,
     timer: Option<SpawnHandle>,
@@ -128,6 +137,7 @@ impl SnapshotActor {
             shared,
             logger,
             remote: None,
+            catalogs: CatalogRefresh::default(),
             due: None,
             timer: None,
             busy: false,
@@ -222,7 +232,7 @@ impl Actor for SnapshotActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(HEALTH_CHECK, |act, ctx| {
-            let lost = !act.busy && act.remote.as_ref().is_some_and(Client::is_closed);
+            let lost = !act.busy && act.remote.as_ref().is_some_and(|r| r.client.is_closed());
             if lost {
                 act.fail(
                     ErrorKind::Connection,
@@ -287,7 +297,7 @@ impl Supervised for SnapshotActor {
 
 /// What a successful (re)connection learns.
 struct Connected {
-    remote: Client,
+    remote: Remote,
     /// Whether the remote session is encrypted.
     tls: bool,
     last: LastSnapshot,
@@ -367,6 +377,32 @@ async fn within<T>(
     }
 }
 
+/// The remote session, and where PoWA's objects are on it.
+struct Remote {
+    client: Client,
+    layout: Layout,
+}
+
+impl SnapshotActor {
+    /// Opens sessions on the other databases of the server, as its PoWA
+    /// database is opened; errors never show the password.
+    fn database_opener(&self) -> Arc<OpenDatabase> {
+        let spec = self.spec.clone();
+        let settings = self.settings.clone();
+        Arc::new(move |dbname: String| {
+            let spec = spec.clone();
+            let settings = settings.clone();
+            Box::pin(async move {
+                let role = spec.name(settings.use_server_alias);
+                connect_remote_database(&spec, &settings, &role, &dbname)
+                    .await
+                    .map(|session| session.client)
+                    .map_err(|e| scrub(&e.to_string(), &[spec.password.as_deref().unwrap_or("")]))
+            })
+        })
+    }
+}
+
 /// How long connecting, bookkeeping or one snapshot may take in all.
 fn work_deadline(settings: &Settings) -> Duration {
     let statements = if settings.statement_timeout.is_zero() {
@@ -380,7 +416,7 @@ fn work_deadline(settings: &Settings) -> Duration {
 /// Write a failure to `powa_snapshot_metas.errors` so powa-web shows it.
 async fn record_error(pool: &RepoPool, srvid: SrvId, message: &str, logger: &Logger) {
     let result = match pool.get().await {
-        Ok(repo) => repository::record_connection_error(&repo, srvid, message)
+        Ok(repo) => repository::record_connection_error(&repo, repo.layout(), srvid, message)
             .await
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
@@ -410,7 +446,7 @@ impl Handler<Connect> for SnapshotActor {
             let last = {
                 let repo = pool.get().await.map_err(pool_failure)?;
                 within(deadline, "reading the last snapshot", async {
-                    repository::last_snapshot(&repo, spec.srvid)
+                    repository::last_snapshot(&repo, repo.layout(), spec.srvid)
                         .await
                         .map_err(|e| StepFailure::new(e.kind(), e))
                 })
@@ -432,10 +468,14 @@ impl Handler<Connect> for SnapshotActor {
                     .map_err(|e| StepFailure::new(e.kind(), e))
             })
             .await?;
-            let (remote, tls) = (session.client, session.tls);
+            let tls = session.tls;
+            let remote = Remote {
+                client: session.client,
+                layout: session.layout,
+            };
             let repo = pool.get().await.map_err(pool_failure)?;
             within(deadline, "the version bookkeeping", async {
-                repository::update_versions(&repo, &remote, spec.srvid)
+                repository::update_versions(&repo, repo.layout(), &remote.client, spec.srvid)
                     .await
                     .map_err(|e| StepFailure::new(e.kind(), e))
             })
@@ -515,10 +555,14 @@ impl Handler<Due> for SnapshotActor {
         self.in_snapshot = true;
         let deadline = work_deadline(&self.settings);
         let remote_silence = self.settings.remote_silence;
+        // Given back if the snapshot does not record them.
+        let catalogs = std::mem::take(&mut self.catalogs);
+        let catalogs_asked = catalogs.clone();
+        let open_database = self.database_opener();
         let work = guarded(async move {
             // A remote server that does not answer must not take one of the
             // fleet's snapshot slots: ask it first, outside the limit.
-            match tokio::time::timeout(remote_silence, remote.simple_query("")).await {
+            match tokio::time::timeout(remote_silence, remote.client.simple_query("")).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     return Err(StepFailure::new(
@@ -548,9 +592,17 @@ impl Handler<Due> for SnapshotActor {
                 let mut observer =
                     |step: Step| debug!(logger, "snapshot step"; "step" => format!("{step:?}"));
                 crate::fault::before_snapshot(srvid);
+                let repo_layout = repo.layout().clone();
+                let job = Job {
+                    srvid,
+                    remote_silence,
+                    repository: &repo_layout,
+                    remote: &remote.layout,
+                    catalogs: &catalogs,
+                    open_database: &*open_database,
+                };
                 let outcome =
-                    take_snapshot(&mut repo, &mut remote, srvid, remote_silence, &mut observer)
-                        .await;
+                    take_snapshot(&mut repo, &mut remote.client, &job, &mut observer).await;
                 Ok((remote, waited, outcome))
             })
             .await
@@ -576,6 +628,11 @@ impl Handler<Due> for SnapshotActor {
             act.in_snapshot = false;
             act.forced = false;
             let now = SystemTime::now();
+            let recorded =
+                matches!(&result, Ok((_, _, Ok(report))) if report.not_recorded.is_none());
+            if !recorded {
+                act.catalogs.merge(catalogs_asked);
+            }
             match result {
                 Ok((remote, waited, Ok(report))) => {
                     act.remote = Some(remote);
@@ -694,7 +751,7 @@ impl Handler<Refresh> for SnapshotActor {
         let work = guarded(async move {
             let repo = pool.get().await.map_err(pool_failure)?;
             within(deadline, "the version bookkeeping", async {
-                repository::update_versions(&repo, &remote, srvid)
+                repository::update_versions(&repo, repo.layout(), &remote.client, srvid)
                     .await
                     .map_err(|e| StepFailure::new(e.kind(), e))
             })
@@ -712,6 +769,25 @@ impl Handler<Refresh> for SnapshotActor {
                 act.wake_idle_waiters();
             }
         }));
+    }
+}
+
+impl Handler<RefreshCatalogs> for SnapshotActor {
+    type Result = Result<(), String>;
+
+    fn handle(
+        &mut self,
+        RefreshCatalogs(dbnames): RefreshCatalogs,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
+        if let Some(remote) = &self.remote {
+            if remote.layout.generation() == Generation::Four {
+                return Err("PoWA 4 keeps no catalogs: nothing to refresh".to_string());
+            }
+        }
+        debug!(self.logger, "catalog refresh asked"; "databases" => dbnames.join(" "));
+        self.catalogs.merge(CatalogRefresh::request(&dbnames));
+        Ok(())
     }
 }
 

@@ -26,7 +26,7 @@ use crate::repository;
 use crate::server::{ServerSpec, SrvId};
 use crate::settings::Settings;
 use crate::snapshot_actor::{
-    ForceAccepted, ForceSnapshot, Refresh, Retire, Shared, Shutdown, SnapshotActor,
+    ForceAccepted, ForceSnapshot, Refresh, RefreshCatalogs, Retire, Shared, Shutdown, SnapshotActor,
 };
 use crate::status::{Forget, StatusActor};
 
@@ -62,6 +62,11 @@ pub enum ReloadError {
 #[derive(Message)]
 #[rtype(result = "Result<ForceAccepted, String>")]
 pub struct Force(pub SrvId);
+
+/// REFRESH_DB_CAT for one server.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct RefreshCatalogsOf(pub SrvId, pub Vec<String>);
 
 /// Stop every snapshot actor, waiting at most the grace period for the
 /// snapshots in flight; what is still running then is rolled back when the
@@ -223,7 +228,7 @@ impl Handler<Reload> for Supervisor {
                 .get()
                 .await
                 .map_err(|e| ReloadError::Repository(e.to_string()))?;
-            let servers = repository::list_servers(&repo)
+            let servers = repository::list_servers(&repo, repo.layout())
                 .await
                 .map_err(|e| ReloadError::Repository(e.to_string()))?;
             Ok((settings, servers))
@@ -259,6 +264,27 @@ impl Handler<Reload> for Supervisor {
             }
             .into_actor(self),
         )
+    }
+}
+
+impl Handler<RefreshCatalogsOf> for Supervisor {
+    type Result = ResponseFuture<Result<(), String>>;
+
+    fn handle(
+        &mut self,
+        RefreshCatalogsOf(srvid, dbnames): RefreshCatalogsOf,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
+        let addr = self.registry.get(&srvid).map(|e| e.addr.clone());
+        Box::pin(async move {
+            match addr {
+                None => Err(format!("Server {srvid} is not collected")),
+                Some(addr) => addr
+                    .send(RefreshCatalogs(dbnames))
+                    .await
+                    .unwrap_or_else(|_| Err("The server's worker is restarting".to_string())),
+            }
+        })
     }
 }
 

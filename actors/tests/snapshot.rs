@@ -5,10 +5,56 @@
 use std::time::{Duration, SystemTime};
 
 use powa_fleet_actors::error::ErrorKind;
+use powa_fleet_actors::layout::Layout;
 use powa_fleet_actors::repository::{self, LastSnapshot};
-use powa_fleet_actors::snapshot::{take_snapshot, Step};
-use powa_fleet_harness::{require_binaries, Fleet};
-use tokio_postgres::Client;
+use powa_fleet_actors::snapshot::{
+    take_snapshot, CatalogRefresh, Job, SnapshotError, SnapshotReport, Step,
+};
+use powa_fleet_harness::{require_binaries, Cluster, Fleet};
+use tokio_postgres::{Client, NoTls};
+
+async fn layout(client: &Client) -> Layout {
+    Layout::read(client).await.expect("extensions readable")
+}
+
+/// One snapshot as the snapshot actor takes it: per-database sessions
+/// are opened on `cluster`, locked to `pg_catalog` as the collector's are.
+async fn snapshot(
+    cluster: &Cluster,
+    repo: &mut Client,
+    remote: &mut Client,
+    srvid: i32,
+    remote_silence: Duration,
+    observer: &mut dyn FnMut(Step),
+) -> Result<SnapshotReport, SnapshotError> {
+    let repository = layout(repo).await;
+    let remote_layout = layout(remote).await;
+    let (host, port) = (cluster.host(), cluster.port());
+    let open = move |dbname: String| {
+        let dsn = format!("host={host} port={port} user=postgres dbname={dbname}");
+        Box::pin(async move {
+            let (client, connection) = tokio_postgres::connect(&dsn, NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            client
+                .batch_execute("SET search_path = pg_catalog")
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(client)
+        }) as futures_util::future::BoxFuture<'static, Result<Client, String>>
+    };
+    let catalogs = CatalogRefresh::default();
+    let job = Job {
+        srvid,
+        remote_silence,
+        repository: &repository,
+        remote: &remote_layout,
+        catalogs: &catalogs,
+        open_database: &open,
+    };
+    take_snapshot(repo, remote, &job, observer).await
+}
 
 async fn count(repo: &Client, sql: &str, srvid: i32) -> i64 {
     repo.query_one(sql, &[&srvid]).await.unwrap().get(0)
@@ -127,7 +173,8 @@ async fn first_snapshot_fills_every_history_table() {
     let (seq_before, _, _) = metas(&repo, srvid).await;
 
     let mut steps = Vec::new();
-    let report = take_snapshot(
+    let report = snapshot(
+        &fleet.remotes[0],
         &mut repo,
         &mut remote,
         srvid,
@@ -161,12 +208,15 @@ async fn first_snapshot_fills_every_history_table() {
     assert!((now - snapts).abs() < 60.0, "snapts {snapts} now {now}");
     assert_eq!(tmp_rows(&repo, srvid).await, 0, "tmp tables emptied");
     assert!(matches!(
-        repository::last_snapshot(&repo, srvid).await.unwrap(),
+        repository::last_snapshot(&repo, &layout(&repo).await, srvid)
+            .await
+            .unwrap(),
         LastSnapshot::At(_)
     ));
 
     fleet.workload(0, 2000).unwrap();
-    let second = take_snapshot(
+    let second = snapshot(
+        &fleet.remotes[0],
         &mut repo,
         &mut remote,
         srvid,
@@ -190,7 +240,8 @@ async fn a_missing_extension_is_recorded_and_the_rest_lands() {
     let mut repo = fleet.repository.client("powa").await.unwrap();
     let mut remote = fleet.remotes[0].client("powa").await.unwrap();
 
-    let report = take_snapshot(
+    let report = snapshot(
+        &fleet.remotes[0],
         &mut repo,
         &mut remote,
         srvid,
@@ -230,7 +281,8 @@ async fn a_remote_killed_mid_snapshot_leaves_nothing_behind() {
 
     let victim = &fleet.remotes[0];
     let mut done = 0;
-    let result = take_snapshot(
+    let result = snapshot(
+        &fleet.remotes[0],
         &mut repo,
         &mut remote,
         srvid,
@@ -271,7 +323,8 @@ async fn a_remote_frozen_mid_snapshot_is_given_up_after_its_silence_limit() {
 
     let victim = &fleet.remotes[0];
     let started = std::time::Instant::now();
-    let result = take_snapshot(
+    let result = snapshot(
+        &fleet.remotes[0],
         &mut repo,
         &mut remote,
         srvid,
@@ -311,7 +364,8 @@ async fn powa_take_snapshot_raising_is_recorded() {
     .await
     .unwrap();
 
-    let report = take_snapshot(
+    let report = snapshot(
+        &fleet.remotes[0],
         &mut repo,
         &mut remote,
         srvid,
@@ -339,18 +393,24 @@ async fn bookkeeping_and_registration_checks() {
     let remote = fleet.remotes[0].client("powa").await.unwrap();
 
     assert_eq!(
-        repository::last_snapshot(&repo, srvid).await.unwrap(),
+        repository::last_snapshot(&repo, &layout(&repo).await, srvid)
+            .await
+            .unwrap(),
         LastSnapshot::Never
     );
     assert_eq!(
-        repository::last_snapshot(&repo, 9999).await.unwrap(),
+        repository::last_snapshot(&repo, &layout(&repo).await, 9999)
+            .await
+            .unwrap(),
         LastSnapshot::NotRegistered
     );
-    let servers = repository::list_servers(&repo).await.unwrap();
+    let servers = repository::list_servers(&repo, &layout(&repo).await)
+        .await
+        .unwrap();
     assert_eq!(servers.len(), 1);
     assert_eq!(servers[0].port, fleet.remotes[0].port());
 
-    repository::update_versions(&repo, &remote, srvid)
+    repository::update_versions(&repo, &layout(&repo).await, &remote, srvid)
         .await
         .expect("bookkeeping");
     let version: Option<String> = repo
@@ -375,7 +435,7 @@ async fn bookkeeping_and_registration_checks() {
         .batch_execute("UPDATE pg_extension SET extversion = '4.0.1' WHERE extname = 'powa'")
         .await
         .unwrap();
-    let err = repository::update_versions(&repo, &remote, srvid)
+    let err = repository::update_versions(&repo, &layout(&repo).await, &remote, srvid)
         .await
         .expect_err("mismatch");
     assert_eq!(err.kind(), ErrorKind::Setup);
@@ -400,7 +460,8 @@ async fn a_large_datasource_streams_in_bounded_memory() {
     // writing 5 to clear_refs resets VmHWM to the current RSS.
     std::fs::write("/proc/self/clear_refs", "5").expect("resetting the peak RSS");
     let before = peak_rss_kib();
-    let report = take_snapshot(
+    let report = snapshot(
+        &fleet.remotes[0],
         &mut repo,
         &mut remote,
         srvid,
@@ -451,7 +512,8 @@ async fn a_lock_timeout_on_a_staging_table_costs_only_that_datasource() {
         .await
         .unwrap();
 
-    let report = take_snapshot(
+    let report = snapshot(
+        &fleet.remotes[0],
         &mut repo,
         &mut remote,
         srvid,
