@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use powa_fleet_actors::error::ErrorKind;
-use powa_fleet_actors::layout::Layout;
+use powa_fleet_actors::layout::{Generation, Layout};
 use powa_fleet_actors::repository::{self, LastSnapshot};
 use powa_fleet_actors::snapshot::{
     take_snapshot, CatalogRefresh, Job, SnapshotError, SnapshotReport, Step,
@@ -74,13 +74,32 @@ async fn metas(repo: &Client, srvid: i32) -> (i64, Option<Vec<String>>, f64) {
 
 /// History tables a first snapshot fills (the `_current` ones, since no
 /// coalesce has run yet).
-const HISTORY: &[&str] = &[
-    "powa_statements_history_current",
-    "powa_kcache_metrics_current",
-    "powa_stat_bgwriter_history_current",
-    "powa_all_relations_history_current",
-    "powa_user_functions_history_current",
-];
+fn history_tables(generation: Generation) -> &'static [&'static str] {
+    match generation {
+        Generation::Four => &[
+            "powa_statements_history_current",
+            "powa_kcache_metrics_current",
+            "powa_stat_bgwriter_history_current",
+            "powa_all_relations_history_current",
+            "powa_user_functions_history_current",
+        ],
+        // Per-database datasources and catalogs, from every database.
+        Generation::Five => &[
+            "powa_statements_history_current",
+            "powa_kcache_metrics_current",
+            "powa_stat_bgwriter_history_current",
+            "powa_all_tables_history_current",
+            "powa_all_indexes_history_current",
+            "powa_catalog_class",
+            "powa_catalog_attribute",
+            "powa_catalog_databases",
+        ],
+    }
+}
+
+async fn generation(client: &Client) -> Generation {
+    layout(client).await.generation()
+}
 
 /// Relation and function statistics come from PoWA's C functions, which
 /// return nothing on PostgreSQL 15 with PoWA 4.1.4: for those, the
@@ -98,7 +117,7 @@ const FROM_C_FUNCTIONS: &[(&str, &str)] = &[
 
 async fn history_counts(repo: &Client, srvid: i32) -> Vec<(String, i64)> {
     let mut out = Vec::new();
-    for table in HISTORY
+    for table in history_tables(generation(repo).await)
         .iter()
         .chain(&["powa_qualstats_quals_history_current"])
     {
@@ -137,17 +156,23 @@ async fn assert_history_filled(repo: &Client, remote: &Client, srvid: i32, skip:
     }
 }
 
+/// Rows of the server left in any staging table.
 async fn tmp_rows(repo: &Client, srvid: i32) -> i64 {
+    let tables: Vec<String> = repo
+        .query(
+            "SELECT c.oid::regclass::text FROM pg_class c \
+             JOIN pg_extension e ON e.extnamespace = c.relnamespace AND e.extname = 'powa' \
+             WHERE c.relkind = 'r' AND c.relname LIKE '%\\_src\\_tmp'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(tables.len() >= 7, "staging tables: {tables:?}");
     let mut total = 0;
-    for table in [
-        "powa_statements_src_tmp",
-        "powa_kcache_src_tmp",
-        "powa_qualstats_src_tmp",
-        "powa_all_relations_src_tmp",
-        "powa_user_functions_src_tmp",
-        "powa_stat_bgwriter_src_tmp",
-        "powa_databases_src_tmp",
-    ] {
+    for table in tables {
         total += count(
             repo,
             &format!("SELECT count(*) FROM {table} WHERE srvid = $1"),
@@ -186,7 +211,29 @@ async fn first_snapshot_fills_every_history_table() {
 
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert!(report.rows >= 2000, "{report:?}");
-    assert_eq!(report.datasources, 7, "{steps:?}");
+    let done: Vec<&str> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::DatasourceDone { module, .. } => Some(module.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(report.datasources, done.len(), "{steps:?}");
+    match generation(&repo).await {
+        Generation::Four => assert_eq!(report.datasources, 7, "{steps:?}"),
+        // Each database that allows connections gives its tables, indexes
+        // and functions, and its catalogs the first time.
+        Generation::Five => {
+            for db in ["powa", "postgres", "template1"] {
+                for name in [
+                    format!("pg_stat_all_tables in database {db}"),
+                    format!("catalog pg_class in database {db}"),
+                ] {
+                    assert!(done.contains(&name.as_str()), "{name} missing: {done:?}");
+                }
+            }
+        }
+    }
     // pg_qualstats history needs the statements PoWA already knows (its
     // snapshot function runs before the statements one): the second
     // snapshot has them.
@@ -421,7 +468,10 @@ async fn bookkeeping_and_registration_checks() {
     assert!(version.unwrap().starts_with("15."));
     let exts = repo
         .query(
-            "SELECT extname, version FROM powa_extensions WHERE srvid = $1 ORDER BY 1",
+            &format!(
+                "SELECT extname, version FROM {} WHERE srvid = $1 ORDER BY 1",
+                layout(&repo).await.extension_table()
+            ),
             &[&srvid],
         )
         .await
