@@ -6,7 +6,7 @@
 //! panics). A [`Fleet`] is a repository plus remote servers set up for
 //! PoWA 4.1, with helpers to register servers and generate a workload.
 //! [`daemon`] runs the powa-fleet binary and talks to it as powa-web does.
-//! The PostgreSQL programs come from `POWA_FLEET_PG_BINDIR` (default: the
+//! The PostgreSQL programs come from `POWAFLEET_PG_BINDIR` (default: the
 //! Debian PostgreSQL 15 directory); as root they run as `postgres`.
 
 pub mod certs;

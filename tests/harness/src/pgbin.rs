@@ -8,7 +8,7 @@ use crate::error::HarnessError;
 
 /// The environment variable naming another PostgreSQL bin directory (for
 /// example a tree with PoWA 5 built in).
-pub const BINDIR_ENV: &str = "POWA_FLEET_PG_BINDIR";
+pub const BINDIR_ENV: &str = "POWAFLEET_PG_BINDIR";
 const DEFAULT_BINDIR: &str = "/usr/lib/postgresql/15/bin";
 
 /// The exact command that installs what the harness needs on Debian.
