@@ -419,8 +419,10 @@ async fn refuses_to_start_on_an_unusable_repository() {
     repository
         .psql(
             "powa",
+            // Whatever PoWA the tree has, the catalog says 4.0.1.
             "CREATE EXTENSION pg_stat_statements; CREATE EXTENSION btree_gist; \
-             CREATE EXTENSION powa VERSION '4.0.1'",
+             CREATE EXTENSION powa; \
+             UPDATE pg_extension SET extversion = '4.0.1' WHERE extname = 'powa'",
         )
         .unwrap();
     let mut daemon = Daemon::start(Path::new(BIN), &repository.dsn("powa"), "").unwrap();
@@ -1131,4 +1133,110 @@ async fn a_failing_take_snapshot_is_recorded_paced_and_recovers() {
     );
     assert_eq!(stored_errors(&repo, failing).await, None);
     assert!(daemon.is_alive());
+}
+
+/// The major version of the repository's powa extension.
+async fn powa_major(repo: &Client) -> i32 {
+    repo.query_one(
+        "SELECT split_part(extversion, '.', 1)::int FROM pg_extension WHERE extname = 'powa'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_of_a_powa_role_may_send_commands_on_powa_5_only() {
+    let fleet = fleet(1);
+    let srvid = fleet.register(0, 5, None).unwrap();
+    // PoWA 5 creates and maps its roles at install; on PoWA 4 the same
+    // name carries no right.
+    fleet
+        .repository
+        .psql(
+            "powa",
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'powa_signal_backend') \
+             THEN CREATE ROLE powa_signal_backend NOLOGIN; END IF; END $$; \
+             CREATE ROLE web LOGIN IN ROLE powa_signal_backend;",
+        )
+        .unwrap();
+    let daemon = start(&fleet, FAST);
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert!(snapshots_reach(&repo, srvid, 2, Duration::from_secs(30)).await);
+
+    let dsn = fleet.repository_dsn().replace("user=postgres", "user=web");
+    let mut web = Requester::connect(&dsn).await.unwrap();
+    let answer = web
+        .ask("WORKERS_STATUS", "", Duration::from_secs(3))
+        .await
+        .unwrap();
+    if powa_major(&repo).await >= 5 {
+        assert!(answer.starts_with("WORKERS_STATUS OK {"), "{answer}");
+    } else {
+        assert_eq!(answer, "WORKERS_STATUS ERROR Permission denied");
+    }
+    drop(daemon);
+}
+
+/// `last_refresh` of each database's catalogs for `srvid`, by name.
+async fn catalog_refreshes(repo: &Client, srvid: i32) -> Vec<(String, f64)> {
+    repo.query(
+        "SELECT datname, EXTRACT(EPOCH FROM last_refresh)::float8 FROM powa_catalog_databases \
+         WHERE srvid = $1 AND last_refresh IS NOT NULL ORDER BY datname",
+        &[&srvid],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refresh_db_cat_copies_the_named_catalogs_again_at_the_next_snapshot() {
+    let fleet = fleet(1);
+    let srvid = fleet.register(0, 5, None).unwrap();
+    let daemon = start(&fleet, FAST);
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert!(snapshots_reach(&repo, srvid, 2, Duration::from_secs(30)).await);
+    let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
+    let t = Duration::from_secs(3);
+    let ask = format!("{srvid} 1 powa");
+
+    if powa_major(&repo).await < 5 {
+        let answer = client.ask("REFRESH_DB_CAT", &ask, t).await.unwrap();
+        assert_eq!(
+            answer,
+            "REFRESH_DB_CAT ERROR PoWA 4 keeps no catalogs: nothing to refresh"
+        );
+        drop(daemon);
+        return;
+    }
+    // The first snapshot copied every database's catalogs.
+    let before = catalog_refreshes(&repo, srvid).await;
+    let names: Vec<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["postgres", "powa", "template1"]);
+
+    let answer = client.ask("REFRESH_DB_CAT", &ask, t).await.unwrap();
+    assert_eq!(
+        answer,
+        "REFRESH_DB_CAT OK Catalogs will be refreshed during the next snapshot"
+    );
+    let seq = coalesce_seq(&repo, srvid).await;
+    assert!(snapshots_reach(&repo, srvid, seq + 2, Duration::from_secs(30)).await);
+    let after = catalog_refreshes(&repo, srvid).await;
+    for ((name, was), (_, now)) in before.iter().zip(&after) {
+        if name == "powa" {
+            assert!(now > was, "powa catalogs not refreshed: {was} → {now}");
+        } else {
+            assert_eq!(now, was, "{name} catalogs refreshed unasked");
+        }
+    }
+    let answer = client
+        .ask("REFRESH_DB_CAT", &format!("{srvid} 2 powa"), t)
+        .await
+        .unwrap();
+    assert!(answer.starts_with("REFRESH_DB_CAT ERROR "), "{answer}");
+    drop(daemon);
 }

@@ -327,9 +327,16 @@ async fn check_prints_a_line_per_server_and_fails_on_an_unreachable_one() {
     let out = check(&fleet, "", "");
     assert_eq!(out.code, Some(0), "{out:?}");
     let first = out.stdout.lines().next().unwrap_or_default();
+    let powa = fleet
+        .repository
+        .psql(
+            "powa",
+            "SELECT extversion FROM pg_extension WHERE extname = 'powa'",
+        )
+        .unwrap();
     assert!(
         first.starts_with("repository ")
-            && first.contains(": OK, TLS no, powa 4.1")
+            && first.contains(&format!(": OK, TLS no, powa {powa},"))
             && first.contains("LISTEN and NOTIFY allowed"),
         "{out:?}"
     );

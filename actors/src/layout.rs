@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use tokio_postgres::Client;
 
-use crate::repository::{quote_ident, PowaVersion};
+use crate::repository::PowaVersion;
 
 /// The two SQL layouts powa-fleet speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,9 +106,11 @@ impl Layout {
         }
     }
 
-    /// `schema.name`, with `name` quoted, in powa's schema.
+    /// `schema.name` in powa's schema, for PoWA's own objects (plain
+    /// names that need no quoting).
     pub fn qualify(&self, name: &str) -> String {
-        format!("{}.{}", self.powa(), quote_ident(name))
+        debug_assert!(name.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+        format!("{}.{name}", self.powa())
     }
 
     /// A PoWA 5 SQL template with `{extname}` where an extension's schema
@@ -175,7 +177,7 @@ mod tests {
         ]);
         assert_eq!(l.generation(), Generation::Four);
         assert!(!l.wants_catalog_search_path());
-        assert_eq!(l.extension_table(), "public.\"powa_extensions\"");
+        assert_eq!(l.extension_table(), "public.powa_extensions");
         // An internal datasource lives with powa.
         assert_eq!(
             l.datasource_schema("pg_stat_statements", false),
@@ -191,20 +193,14 @@ mod tests {
         ]);
         assert_eq!(l.generation(), Generation::Five);
         assert!(l.wants_catalog_search_path());
-        assert_eq!(
-            l.extension_table(),
-            "\"Powa Schema\".\"powa_extension_config\""
-        );
+        assert_eq!(l.extension_table(), "\"Powa Schema\".powa_extension_config");
         assert_eq!(l.datasource_schema("pg_qualstats", true), Some("qs"));
         assert_eq!(
             l.datasource_schema("pg_qualstats", false),
             Some("\"Powa Schema\"")
         );
         assert_eq!(l.datasource_schema("pg_wait_sampling", true), None);
-        assert_eq!(
-            l.qualify("powa_servers"),
-            "\"Powa Schema\".\"powa_servers\""
-        );
+        assert_eq!(l.qualify("powa_servers"), "\"Powa Schema\".powa_servers");
     }
 
     #[test]

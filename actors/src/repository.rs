@@ -802,7 +802,7 @@ mod tests {
         assert_eq!(
             datasources_sql(&layout("4.1.4")),
             "SELECT module, false, query_source, query_cleanup, function_name \
-             FROM \"P\".\"powa_functions\" WHERE operation = 'snapshot' AND enabled \
+             FROM \"P\".powa_functions WHERE operation = 'snapshot' AND enabled \
              AND srvid = $1 ORDER BY priority, 1"
         );
         assert!(datasources_sql(&layout("5.1.2")).starts_with("SELECT name, external, "));
