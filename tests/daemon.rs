@@ -1111,7 +1111,10 @@ async fn a_failing_take_snapshot_is_recorded_paced_and_recovers() {
     // Backoff from 1 s, capped at the 5 s period: a handful of attempts
     // (each logged on a line or two), not a loop.
     assert!(attempts <= 20, "{attempts} log lines of attempts in 20 s");
-    assert!(cpu < 1.0, "{cpu:.2} s of CPU in 20 s");
+    // On PoWA 5 every refused attempt copies all the catalogs again (about
+    // 28 000 rows), since none of them was recorded.
+    let cpu_bound = if powa_major(&repo).await >= 5 { 3.0 } else { 1.0 };
+    assert!(cpu < cpu_bound, "{cpu:.2} s of CPU in 20 s");
     assert!(
         coalesce_seq(&repo, healthy).await >= healthy_seq + 3,
         "the healthy server lost its rhythm:\n{}",
