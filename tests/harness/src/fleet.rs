@@ -4,7 +4,7 @@ use tokio_postgres::Client;
 
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::error::HarnessError;
-use crate::workload::workload_sql;
+use crate::workload::{second_database_sql, workload_sql, SECOND_DATABASE};
 
 /// Libraries a remote server preloads for PoWA's datasources.
 pub const REMOTE_PRELOAD: &[&str] = &["pg_stat_statements", "pg_qualstats", "pg_stat_kcache"];
@@ -19,6 +19,14 @@ const REMOTE_EXTENSIONS: &str = "CREATE EXTENSION pg_stat_statements; \
 /// tables of remote servers are part of the powa extension.
 const REPOSITORY_EXTENSIONS: &str = "CREATE EXTENSION pg_stat_statements; \
      CREATE EXTENSION btree_gist; CREATE EXTENSION powa;";
+
+/// PoWA 5's per-database datasources ("db modules"), each activated for
+/// every database of a registered server.
+pub const DB_MODULES: &[&str] = &[
+    "pg_stat_all_tables",
+    "pg_stat_all_indexes",
+    "pg_stat_user_functions",
+];
 
 pub struct Fleet {
     pub repository: Cluster,
@@ -58,6 +66,46 @@ pub fn setup_remote(cluster: &Cluster) -> Result<(), HarnessError> {
 pub fn setup_repository(cluster: &Cluster) -> Result<(), HarnessError> {
     cluster.psql("postgres", "CREATE DATABASE powa")?;
     cluster.psql("powa", REPOSITORY_EXTENSIONS)?;
+    Ok(())
+}
+
+/// Create [`SECOND_DATABASE`] on a remote server and run
+/// [`second_database_sql`] in it: per-database datasources and catalogs
+/// (PoWA 5) then have something outside the `powa` database to show.
+pub fn setup_second_database(cluster: &Cluster) -> Result<(), HarnessError> {
+    cluster.psql("postgres", &format!("CREATE DATABASE {SECOND_DATABASE}"))?;
+    cluster.psql(SECOND_DATABASE, &second_database_sql())?;
+    Ok(())
+}
+
+/// The major version of the `powa` extension in `cluster`'s `powa`
+/// database: 4 or 5. Both a repository and a remote server have one.
+pub fn powa_major_version(cluster: &Cluster) -> Result<u32, HarnessError> {
+    let out = cluster.psql(
+        "powa",
+        "SELECT split_part(extversion, '.', 1) FROM pg_extension WHERE extname = 'powa'",
+    )?;
+    out.parse()
+        .map_err(|_| HarnessError::Other(format!("unexpected powa version {out:?}")))
+}
+
+/// psql lines activating [`DB_MODULES`] for the server whose id is the SQL
+/// expression `srvid`, for every database (PoWA 5 only).
+fn activate_db_modules_sql(srvid: &str) -> String {
+    let modules: Vec<String> = DB_MODULES.iter().map(|m| format!("'{m}'")).collect();
+    format!(
+        "SELECT powa_activate_db_module({srvid}, m) \
+         FROM unnest(ARRAY[{}]::text[]) m \\g /dev/null\n",
+        modules.join(", ")
+    )
+}
+
+/// Activate PoWA 5's per-database modules ([`DB_MODULES`]) for `srvid`, on
+/// every database of the server. `powa_register_server` already does it
+/// (and [`register_server`] makes sure of it); this turns them back on
+/// after a test switched them off. PoWA 4 has no such modules.
+pub fn activate_db_modules(repository: &Cluster, srvid: i32) -> Result<(), HarnessError> {
+    repository.psql("powa", &activate_db_modules_sql(&srvid.to_string()))?;
     Ok(())
 }
 
@@ -109,7 +157,8 @@ impl Fleet {
     }
 
     /// Register remote `remote` with `powa_register_server` (all PoWA
-    /// datasources) and return its srvid.
+    /// datasources, on PoWA 5 the per-database modules too) and return its
+    /// srvid.
     pub fn register(
         &self,
         remote: usize,
@@ -133,7 +182,11 @@ impl Fleet {
     }
 }
 
-/// Register `host:port` on `repository` as user postgres, database powa.
+/// Register `host:port` on `repository` as user postgres, database powa,
+/// with pg_stat_kcache and pg_qualstats. On PoWA 5 the per-database modules
+/// ([`DB_MODULES`]) are active for it too, so that every test exercises
+/// them. One psql session, whatever the version (benchmarks register
+/// thousands of servers).
 pub fn register_server(
     repository: &Cluster,
     host: &str,
@@ -152,7 +205,12 @@ pub fn register_server(
              alias => {alias}, username => 'postgres', dbname => 'powa', \
              frequency => {frequency}, \
              extensions => ARRAY['pg_stat_kcache', 'pg_qualstats']) \\g /dev/null\n\
-             SELECT id FROM powa_servers WHERE hostname = '{host}' AND port = {port};"
+             SELECT id AS srvid, (SELECT split_part(extversion, '.', 1)::int >= 5 \
+             FROM pg_extension WHERE extname = 'powa') AS db_modules \
+             FROM powa_servers WHERE hostname = '{host}' AND port = {port} \\gset\n\
+             \\if :db_modules\n{}\\endif\n\
+             SELECT :srvid;",
+            activate_db_modules_sql(":srvid")
         ),
     )?;
     out.trim()

@@ -4,7 +4,8 @@
 //! A [`Cluster`] is one `initdb` in a temporary directory, listening on its
 //! own loopback port, stopped and removed when dropped (even when a test
 //! panics). A [`Fleet`] is a repository plus remote servers set up for
-//! PoWA 4.1, with helpers to register servers and generate a workload.
+//! PoWA 4.1 or 5, whichever the PostgreSQL installation has, with helpers to register
+//! servers and generate a workload.
 //! [`daemon`] runs the powa-fleet binary and talks to it as powa-web does.
 //! The PostgreSQL programs come from `POWAFLEET_PG_BINDIR` (default: the
 //! Debian PostgreSQL 15 directory); as root they run as `postgres`.

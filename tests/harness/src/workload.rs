@@ -37,6 +37,23 @@ pub fn workload_sql(statements: usize, comment_bytes: usize) -> String {
     sql
 }
 
+/// A second database of a remote server (beside `powa`).
+pub const SECOND_DATABASE: &str = "powa_fleet_other";
+
+/// SQL for [`SECOND_DATABASE`]: a table with a primary key, a function,
+/// and statements on them, so that each PoWA 5 per-database datasource
+/// (tables, indexes, functions) and catalog has rows of its own there.
+pub fn second_database_sql() -> String {
+    "CREATE TABLE powa_fleet_other(id int PRIMARY KEY, note text);\n\
+     INSERT INTO powa_fleet_other SELECT i, 'n' || i FROM generate_series(1, 300) i;\n\
+     ANALYZE powa_fleet_other;\n\
+     CREATE FUNCTION powa_fleet_triple(int) RETURNS int \
+     LANGUAGE plpgsql AS 'BEGIN RETURN $1 * 3; END';\n\
+     SELECT powa_fleet_triple(id) FROM powa_fleet_other WHERE id <= 5;\n\
+     SELECT note FROM powa_fleet_other WHERE id = 7;\n"
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+use powa_fleet_harness::fleet::{
+    activate_db_modules, powa_major_version, setup_second_database, DB_MODULES,
+};
+use powa_fleet_harness::workload::SECOND_DATABASE;
 use powa_fleet_harness::{require_binaries, Fleet};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -20,7 +24,9 @@ async fn a_fleet_has_powa_everywhere_and_registers_servers() {
         let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap());
         let (major, minor) = (parts.next().unwrap(), parts.next().unwrap());
         assert!((major, minor) >= (4, 1), "powa {version}");
+        assert_eq!(powa_major_version(cluster).unwrap(), major);
     }
+    let powa5 = powa_major_version(&fleet.repository).unwrap() >= 5;
     for remote in &fleet.remotes {
         let extensions = remote
             .psql(
@@ -47,6 +53,41 @@ async fn a_fleet_has_powa_everywhere_and_registers_servers() {
             .unwrap();
         assert_eq!(row.get::<_, i32>(0), frequency);
         assert!(row.get::<_, bool>(1), "metas row for {srvid}");
+        if powa5 {
+            // Every per-database module, for all databases (NULL dbnames).
+            let modules: Vec<String> = repo
+                .query(
+                    "SELECT db_module FROM powa_db_module_config \
+                     WHERE srvid = $1 AND enabled AND dbnames IS NULL ORDER BY 1",
+                    &[&srvid],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let mut expected: Vec<&str> = DB_MODULES.to_vec();
+            expected.sort();
+            assert_eq!(modules, expected, "db modules of {srvid}");
+        }
+    }
+    if powa5 {
+        repo.execute(
+            "SELECT powa_deactivate_db_module($1, 'pg_stat_all_tables')",
+            &[&first],
+        )
+        .await
+        .unwrap();
+        activate_db_modules(&fleet.repository, first).unwrap();
+        let enabled: i64 = repo
+            .query_one(
+                "SELECT count(*) FROM powa_db_module_config WHERE srvid = $1 AND enabled",
+                &[&first],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(enabled, DB_MODULES.len() as i64);
     }
 
     fleet.workload(0, 2000).unwrap();
@@ -56,6 +97,15 @@ async fn a_fleet_has_powa_everywhere_and_registers_servers() {
         .parse()
         .unwrap();
     assert!(count >= 2000, "{count} statements");
+
+    setup_second_database(&fleet.remotes[1]).unwrap();
+    let calls = fleet.remotes[1]
+        .psql(
+            SECOND_DATABASE,
+            "SELECT calls FROM pg_stat_user_functions WHERE funcname = 'powa_fleet_triple'",
+        )
+        .unwrap();
+    assert_eq!(calls, "5");
 }
 
 #[tokio::test(flavor = "multi_thread")]
