@@ -4,11 +4,12 @@
 //! WORKERS_STATUS (the only commands the reference 1.2.0 knows) must give
 //! the same answers, so powa-web sees no difference.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use powa_fleet_harness::daemon::{eventually, Daemon};
+use powa_fleet_harness::fleet::powa_major_version;
 use powa_fleet_harness::reference::Reference;
 use powa_fleet_harness::{require_binaries, Fleet};
 
@@ -54,7 +55,10 @@ async fn scenario(reference: bool) {
     let first = fleet.register(0, 5, None).unwrap();
     let dsn = fleet.repository_dsn();
     let collector = if reference {
-        Collector::Reference(Reference::start(&dsn).unwrap())
+        let major = powa_major_version(&fleet.repository).unwrap();
+        let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reference-releases");
+        std::fs::create_dir_all(&cache).unwrap();
+        Collector::Reference(Reference::start_for_powa(major, &dsn, &cache).unwrap())
     } else {
         Collector::Ours(Daemon::start(Path::new(BIN), &dsn, "").unwrap())
     };

@@ -1113,7 +1113,11 @@ async fn a_failing_take_snapshot_is_recorded_paced_and_recovers() {
     assert!(attempts <= 20, "{attempts} log lines of attempts in 20 s");
     // On PoWA 5 every refused attempt copies all the catalogs again (about
     // 28 000 rows), since none of them was recorded.
-    let cpu_bound = if powa_major(&repo).await >= 5 { 3.0 } else { 1.0 };
+    let cpu_bound = if powa_major(&repo).await >= 5 {
+        3.0
+    } else {
+        1.0
+    };
     assert!(cpu < cpu_bound, "{cpu:.2} s of CPU in 20 s");
     assert!(
         coalesce_seq(&repo, healthy).await >= healthy_seq + 3,

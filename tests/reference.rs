@@ -15,17 +15,13 @@ use powa_fleet_harness::fleet::{
     coalesce_seq, powa_major_version, register_server, remote_options, repository_options,
     setup_remote, setup_repository, setup_second_database, stored_errors,
 };
-use powa_fleet_harness::reference::{cpu_seconds, install_release, Reference};
+use powa_fleet_harness::reference::{cpu_seconds, Reference};
 use powa_fleet_harness::workload::{workload_sql, SECOND_DATABASE};
 use powa_fleet_harness::{require_binaries, Cluster, ClusterOptions};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 const BIN: &str = env!("CARGO_BIN_EXE_powa-fleet");
-
-/// The reference release compared with on PoWA 5 (per-database modules
-/// and catalogs came with 1.3.0).
-const POWA5_REFERENCE: &str = "1.3.2";
 
 /// Where releases from PyPI are installed, shared with the benchmarks.
 fn release_cache() -> PathBuf {
@@ -421,14 +417,9 @@ async fn same_history_as_the_reference_collector() {
         .wait_exit(Duration::from_secs(10))
         .is_some_and(|s| s.success()));
 
-    // The reference, on the other repository: Debian's release knows PoWA 4
-    // only.
-    let reference = if major >= 5 {
-        let root = install_release(POWA5_REFERENCE, &release_cache()).unwrap();
-        Reference::start_from(Some(&root), &theirs.dsn("powa")).unwrap()
-    } else {
-        Reference::start(&theirs.dsn("powa")).unwrap()
-    };
+    // The reference, on the other repository.
+    let reference =
+        Reference::start_for_powa(major, &theirs.dsn("powa"), &release_cache()).unwrap();
     let log = || reference.log();
     let start = after_snapshot(&theirs_client, srvids[1], 1, reference.pid(), &log).await;
     let end = after_snapshot(&theirs_client, srvids[1], 3, reference.pid(), &log).await;

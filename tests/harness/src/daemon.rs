@@ -16,7 +16,6 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Notification};
 
 use crate::error::HarnessError;
-use crate::pgbin::BINDIR_ENV;
 
 /// A running `powa-fleet run`, killed when dropped.
 pub struct Daemon {
@@ -57,9 +56,6 @@ impl Daemon {
             .arg("run")
             .current_dir(dir.path())
             .env("HOME", dir.path())
-            // The harness's own variable is no setting of powa-fleet's (it
-            // reads every POWA_FLEET_* variable and refuses unknown ones).
-            .env_remove(BINDIR_ENV)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
@@ -131,8 +127,7 @@ pub struct CommandOutput {
 
 /// Run `bin --config <file> <args>` once, with the configuration the
 /// daemon would get, HOME in a temporary directory, and libpq's TLS
-/// variables and the harness's `POWA_FLEET_PG_BINDIR` unset unless `env`
-/// sets them.
+/// variables unset unless `env` sets them.
 pub fn run_command(
     bin: &Path,
     repository_dsn: &str,
@@ -148,7 +143,6 @@ pub fn run_command(
         .args(args)
         .current_dir(dir.path())
         .env("HOME", dir.path())
-        .env_remove(BINDIR_ENV)
         .env_remove("PGSSLMODE")
         .env_remove("PGSSLROOTCERT")
         .env_remove("PGSSLCERT")

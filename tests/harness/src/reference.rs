@@ -24,6 +24,10 @@ pub struct Reference {
     dir: tempfile::TempDir,
 }
 
+/// The reference release compared with on PoWA 5 (per-database modules
+/// and catalogs came with 1.3.0).
+pub const POWA5_RELEASE: &str = "1.3.2";
+
 impl Reference {
     /// Is the reference collector installed?
     pub fn available() -> bool {
@@ -66,6 +70,22 @@ impl Reference {
             .spawn()
             .map_err(|e| HarnessError::io("starting the reference collector", e))?;
         Ok(Reference { child, dir })
+    }
+
+    /// The release that collects a PoWA `major` repository: Debian's on
+    /// PoWA 4 (it knows no other), [`POWA5_RELEASE`] from PyPI, installed
+    /// once under `cache`, on PoWA 5.
+    pub fn start_for_powa(
+        major: u32,
+        repository_dsn: &str,
+        cache: &Path,
+    ) -> Result<Reference, HarnessError> {
+        if major >= 5 {
+            let root = install_release(POWA5_RELEASE, cache)?;
+            Reference::start_from(Some(&root), repository_dsn)
+        } else {
+            Reference::start(repository_dsn)
+        }
     }
 
     pub fn pid(&self) -> u32 {
