@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures_util::{stream, StreamExt};
 use powa_fleet_actors::connect::{connect_remote, connect_repository, describe, repository_config};
+use powa_fleet_actors::layout::Generation;
 use powa_fleet_actors::redact::scrub;
 use powa_fleet_actors::repository::{self, Datasource, PowaVersion};
 use powa_fleet_actors::server::ServerSpec;
@@ -177,6 +178,15 @@ async fn check_repository(settings: &Settings) -> Result<Repository, String> {
                     absent.insert(source.module.clone());
                 }
             }
+        }
+        if layout.generation() == Generation::Five {
+            // Only the staging tables matter here, not the queries, which
+            // follow each server's PostgreSQL version.
+            tables.extend(
+                repository::per_database_staging(client, layout, spec.srvid)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
         }
         servers.push((spec, sources));
     }

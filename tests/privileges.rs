@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use powa_fleet_harness::daemon::{eventually, run_command, CommandOutput, Daemon, Requester};
-use powa_fleet_harness::fleet::{coalesce_seq, stored_errors};
+use powa_fleet_harness::fleet::{coalesce_seq, powa_major_version, stored_errors};
 use powa_fleet_harness::{require_binaries, Fleet};
 
 const BIN: &str = env!("CARGO_BIN_EXE_powa-fleet");
@@ -121,9 +121,28 @@ async fn non_superuser_roles_collect_and_answer() {
             "powa",
             "REVOKE pg_read_all_stats FROM powa_remote; \
              REVOKE SELECT ON powa_databases FROM powa_remote; \
-             REVOKE EXECUTE ON FUNCTION pg_qualstats_reset() FROM powa_remote",
+             REVOKE EXECUTE ON FUNCTION pg_qualstats_reset() FROM powa_remote; \
+             CREATE DATABASE locked; REVOKE CONNECT ON DATABASE locked FROM PUBLIC;",
         )
         .unwrap();
+    // Half the rights on a staging table are not enough.
+    fleet
+        .repository
+        .psql(
+            "powa",
+            "REVOKE DELETE ON powa_statements_src_tmp FROM powa_collector",
+        )
+        .unwrap();
+    let powa5 = powa_major_version(&fleet.repository).unwrap() >= 5;
+    if powa5 {
+        fleet
+            .repository
+            .psql(
+                "powa",
+                "REVOKE INSERT ON powa_all_tables_src_tmp FROM powa_collector",
+            )
+            .unwrap();
+    }
     let out = check(&dsn);
     assert_eq!(out.code, Some(1), "{out:?}");
     for missing in [
@@ -131,8 +150,16 @@ async fn non_superuser_roles_collect_and_answer() {
         "SELECT on public.powa_databases",
         // PoWA 5 names the cleanup with pg_qualstats's schema.
         "pg_qualstats_reset()",
+        "powa_statements_src_tmp",
     ] {
         assert!(out.stdout.contains(missing), "{missing}: {out:?}");
+    }
+    // Per-database sessions and staging tables are PoWA 5's only.
+    for missing in [
+        "CONNECT on database locked",
+        "INSERT, DELETE on public.powa_all_tables_src_tmp",
+    ] {
+        assert_eq!(out.stdout.contains(missing), powa5, "{missing}: {out:?}");
     }
     fleet
         .repository

@@ -631,9 +631,15 @@ struct Privilege {
 
 impl Privilege {
     fn table(privileges: &'static str, layout: &Layout, table: &str) -> Privilege {
+        // Several privileges in one has_table_privilege() mean "any of".
+        let check = privileges
+            .split(", ")
+            .map(|p| format!("has_table_privilege($1, '{p}')"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         Privilege {
             what: format!("{privileges} on {table}"),
-            check: format!("has_table_privilege($1, '{privileges}')"),
+            check,
             object: layout.qualify(table),
         }
     }
@@ -656,11 +662,35 @@ pub async fn staging_missing_privileges(
         .query(
             "SELECT 'INSERT, DELETE on ' || t FROM unnest($1::text[]) AS t \
              WHERE CASE WHEN pg_catalog.to_regclass(t) IS NULL THEN true \
-                   ELSE NOT has_table_privilege(pg_catalog.to_regclass(t), 'INSERT, DELETE') END",
+                   ELSE NOT (has_table_privilege(pg_catalog.to_regclass(t), 'INSERT') \
+                             AND has_table_privilege(pg_catalog.to_regclass(t), 'DELETE')) END",
             &[&tables],
         )
         .await
         .map_err(sql("checking the staging tables' privileges"))?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// PoWA 5: the staging tables the per-database datasources and catalogs of
+/// `srvid` write to (qualified).
+pub async fn per_database_staging(
+    client: &Client,
+    layout: &Layout,
+    srvid: SrvId,
+) -> Result<Vec<String>, RepositoryError> {
+    // The PostgreSQL version picks the queries, not the tables: 0 will do.
+    let rows = client
+        .query(
+            &format!(
+                "SELECT tmp_table FROM {}($1, 0) WHERE operation = 'snapshot' AND enabled \
+                 UNION SELECT tmp_table FROM {}($1, 0) ORDER BY 1",
+                layout.qualify("powa_db_functions"),
+                layout.qualify("powa_catalog_functions")
+            ),
+            &[&srvid],
+        )
+        .await
+        .map_err(sql("reading the per-database staging tables"))?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
@@ -687,8 +717,9 @@ fn cleanup_function(cleanup: &str) -> Option<String> {
 /// What the remote role lacks to run `datasources`: EXECUTE on each source
 /// function (called as `<source>(0)`) and on each cleanup function (such
 /// as `pg_qualstats_reset()`, revoked from PUBLIC by pg_qualstats), SELECT
-/// on the tables the source functions read, and `pg_read_all_stats` (without it, other roles' statements are hidden
-/// from the statistics).
+/// on the tables the source functions read, `pg_read_all_stats` (without
+/// it, other roles' statements are hidden from the statistics), and on
+/// PoWA 5 CONNECT on every database that allows connections.
 pub async fn remote_missing_privileges(
     remote: &Client,
     layout: &Layout,
@@ -708,6 +739,7 @@ pub async fn remote_missing_privileges(
         .iter()
         .map(|t| layout.qualify(t))
         .collect();
+    let per_database = layout.generation() == Generation::Five;
     let rows = remote
         .query(
             "SELECT 'EXECUTE on ' || f FROM unnest($1::text[]) AS f \
@@ -719,8 +751,12 @@ pub async fn remote_missing_privileges(
                    ELSE NOT has_table_privilege(pg_catalog.to_regclass(t), 'SELECT') END \
              UNION ALL \
              SELECT 'membership in pg_read_all_stats' \
-             WHERE NOT pg_has_role('pg_read_all_stats', 'MEMBER')",
-            &[&functions, &tables],
+             WHERE NOT pg_has_role('pg_read_all_stats', 'MEMBER') \
+             UNION ALL \
+             (SELECT 'CONNECT on database ' || datname FROM pg_catalog.pg_database \
+              WHERE $3 AND datallowconn AND NOT has_database_privilege(datname, 'CONNECT') \
+              ORDER BY datname)",
+            &[&functions, &tables, &per_database],
         )
         .await
         .map_err(sql("checking the remote role's privileges"))?;
@@ -831,6 +867,22 @@ mod tests {
             ..ds
         };
         assert_eq!(external.staging_table(&l), None);
+    }
+
+    #[test]
+    fn every_listed_table_privilege_is_required() {
+        let p = Privilege::table(
+            "INSERT, UPDATE, DELETE",
+            &layout("4.1.4"),
+            "powa_extensions",
+        );
+        assert_eq!(p.what, "INSERT, UPDATE, DELETE on powa_extensions");
+        assert_eq!(
+            p.check,
+            "has_table_privilege($1, 'INSERT') AND has_table_privilege($1, 'UPDATE') \
+             AND has_table_privilege($1, 'DELETE')"
+        );
+        assert_eq!(p.object, "\"P\".powa_extensions");
     }
 
     #[test]
