@@ -302,7 +302,7 @@ pub fn apply_common(config: &mut Config, settings: &Settings, role: &str) {
 
 /// `lock_timeout` when the server leaves it at 0, `statement_timeout`, and
 /// `search_path = pg_catalog` where the layout wants it; returns the layout.
-pub async fn prepare_session(
+async fn prepare_session(
     client: &Client,
     settings: &Settings,
 ) -> Result<Layout, tokio_postgres::Error> {

@@ -125,7 +125,8 @@ pub struct Listener {
 #[derive(Clone)]
 struct Session {
     client: Rc<Client>,
-    rule: PermissionRule,
+    /// The permission check of [`PermissionRule::sql`], built once.
+    permission_sql: Rc<str>,
 }
 
 impl Listener {
@@ -233,7 +234,10 @@ impl Handler<Connect> for Listener {
                 .map(move |result, act, ctx| match result {
                     Ok(rule) => {
                         info!(act.logger, "listening for commands"; "channel" => protocol::LISTEN_CHANNEL);
-                        act.session = Some(Session { client, rule });
+                        act.session = Some(Session {
+                            client,
+                            permission_sql: rule.sql().into(),
+                        });
                         act.failures = 0;
                     }
                     Err(e) => {
@@ -355,7 +359,7 @@ impl Listener {
 async fn permitted(session: &Session, sender_pid: i32) -> Result<bool, tokio_postgres::Error> {
     let rows = session
         .client
-        .query(&session.rule.sql(), &[&sender_pid])
+        .query(&*session.permission_sql, &[&sender_pid])
         .await?;
     Ok(rows
         .first()
@@ -502,5 +506,44 @@ async fn send_answer(client: &Client, channel: &str, answer: &Answer, logger: &L
         .await
     {
         warn!(logger, "could not send an answer"; "error" => %e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(powa: &str) -> Layout {
+        Layout::from_rows([("powa".to_string(), "p".to_string(), powa.to_string())])
+    }
+
+    #[test]
+    fn each_powa_and_postgresql_gets_its_permission_rule() {
+        assert_eq!(
+            PermissionRule::new(150000, &layout("4.1.4")),
+            PermissionRule::SignalBackend
+        );
+        let old = PermissionRule::new(130000, &layout("4.1.4"));
+        assert_eq!(
+            old,
+            PermissionRule::InsertStatements("p.powa_statements".into())
+        );
+        assert!(old
+            .sql()
+            .contains("has_table_privilege(a.usesysid, 'p.powa_statements', 'INSERT')"));
+        let five = PermissionRule::new(150000, &layout("5.1.2"));
+        let sql = five.sql();
+        assert!(
+            sql.contains(
+                "SELECT 'pg_signal_backend'::name UNION ALL SELECT rolname FROM p.powa_roles"
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("'powa_admin', 'powa_write_all_data', 'powa_signal_backend'"),
+            "{sql}"
+        );
+        let five_old = PermissionRule::new(130000, &layout("5.1.2")).sql();
+        assert!(!five_old.contains("pg_signal_backend'::name"), "{five_old}");
     }
 }
