@@ -693,3 +693,102 @@ async fn a_database_refusing_the_collector_costs_only_its_own_rows() {
     assert_eq!(databases, ["postgres", "powa", "template1"]);
     assert_eq!(tmp_rows(&repo, srvid).await, 0, "staging tables emptied");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn extensions_in_their_own_schemas_are_found_on_both_sides() {
+    use powa_fleet_harness::fleet::{remote_options, repository_options};
+    require_binaries().expect("PostgreSQL and PoWA installed");
+    let remote_cluster = Cluster::start(remote_options()).unwrap();
+    let repository = Cluster::start(repository_options()).unwrap();
+    let major: i32 = remote_cluster
+        .psql(
+            "postgres",
+            "SELECT split_part(default_version, '.', 1) FROM pg_available_extensions \
+             WHERE name = 'powa'",
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+    // PoWA 5: powa, and what it requires, in schema "Powa" (quoted: mixed
+    // case), pg_qualstats in its own schema, on both sides. PoWA 4 must be
+    // installed in public.
+    let (schema, qualstats) = if major >= 5 {
+        ("\"Powa\"", "qs")
+    } else {
+        ("public", "public")
+    };
+    let extensions = format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}; CREATE SCHEMA IF NOT EXISTS {qualstats}; \
+         CREATE EXTENSION pg_stat_statements SCHEMA {schema}; \
+         CREATE EXTENSION btree_gist SCHEMA {schema}; \
+         CREATE EXTENSION powa SCHEMA {schema}; \
+         CREATE EXTENSION pg_qualstats SCHEMA {qualstats};"
+    );
+    for cluster in [&remote_cluster, &repository] {
+        cluster.psql("postgres", "CREATE DATABASE powa").unwrap();
+        cluster.psql("powa", &extensions).unwrap();
+    }
+    let srvid: i32 = repository
+        .psql(
+            "powa",
+            &format!(
+                "SELECT {schema}.powa_register_server(hostname => '{}', port => {}, \
+                 username => 'postgres', frequency => 30, extensions => '{{pg_qualstats}}'); \
+                 SELECT max(id) FROM {schema}.powa_servers",
+                remote_cluster.host(),
+                remote_cluster.port()
+            ),
+        )
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut repo = repository.client("powa").await.unwrap();
+    let mut remote = remote_cluster.client("powa").await.unwrap();
+    for client in [&repo, &remote] {
+        let l = layout(client).await;
+        assert_eq!(l.powa(), schema);
+        assert_eq!(l.schema_of("pg_qualstats"), Some(qualstats));
+    }
+
+    // Quals reach history once their statements are known: two rounds.
+    for _ in 0..2 {
+        remote_cluster
+            .psql("powa", &powa_fleet_harness::workload::workload_sql(100, 0))
+            .unwrap();
+        let report = snapshot(
+            &remote_cluster,
+            &mut repo,
+            &mut remote,
+            srvid,
+            Duration::from_secs(30),
+            &mut |_| {},
+        )
+        .await
+        .expect("snapshot");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+    }
+    for table in [
+        "powa_statements_history_current",
+        "powa_qualstats_quals_history_current",
+    ] {
+        let n = count(
+            &repo,
+            &format!("SELECT count(*) FROM {schema}.{table} WHERE srvid = $1"),
+            srvid,
+        )
+        .await;
+        assert!(n > 0, "{table}: no row");
+    }
+    let errors: Option<Vec<String>> = repo
+        .query_one(
+            &format!("SELECT errors FROM {schema}.powa_snapshot_metas WHERE srvid = $1"),
+            &[&srvid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(errors, None);
+}
