@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use powa_fleet_harness::daemon::{eventually, Daemon, Requester};
-use powa_fleet_harness::fleet::{coalesce_seq, stored_errors};
+use powa_fleet_harness::fleet::{coalesce_seq, powa_major_version, stored_errors};
 use powa_fleet_harness::{require_binaries, Fleet};
 use tokio_postgres::Client;
 
@@ -1113,7 +1113,7 @@ async fn a_failing_take_snapshot_is_recorded_paced_and_recovers() {
     assert!(attempts <= 20, "{attempts} log lines of attempts in 20 s");
     // On PoWA 5 every refused attempt copies all the catalogs again (about
     // 28 000 rows), since none of them was recorded.
-    let cpu_bound = if powa_major(&repo).await >= 5 {
+    let cpu_bound = if powa_major_version(&fleet.repository).unwrap() >= 5 {
         3.0
     } else {
         1.0
@@ -1142,17 +1142,6 @@ async fn a_failing_take_snapshot_is_recorded_paced_and_recovers() {
     assert!(daemon.is_alive());
 }
 
-/// The major version of the repository's powa extension.
-async fn powa_major(repo: &Client) -> i32 {
-    repo.query_one(
-        "SELECT split_part(extversion, '.', 1)::int FROM pg_extension WHERE extname = 'powa'",
-        &[],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_of_a_powa_role_may_send_commands_on_powa_5_only() {
     let fleet = fleet(1);
@@ -1178,7 +1167,7 @@ async fn a_member_of_a_powa_role_may_send_commands_on_powa_5_only() {
         .ask("WORKERS_STATUS", "", Duration::from_secs(3))
         .await
         .unwrap();
-    if powa_major(&repo).await >= 5 {
+    if powa_major_version(&fleet.repository).unwrap() >= 5 {
         assert!(answer.starts_with("WORKERS_STATUS OK {"), "{answer}");
     } else {
         assert_eq!(answer, "WORKERS_STATUS ERROR Permission denied");
@@ -1211,7 +1200,7 @@ async fn refresh_db_cat_copies_the_named_catalogs_again_at_the_next_snapshot() {
     let t = Duration::from_secs(3);
     let ask = format!("{srvid} 1 powa");
 
-    if powa_major(&repo).await < 5 {
+    if powa_major_version(&fleet.repository).unwrap() < 5 {
         let answer = client.ask("REFRESH_DB_CAT", &ask, t).await.unwrap();
         assert_eq!(
             answer,

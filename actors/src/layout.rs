@@ -149,12 +149,17 @@ impl Layout {
         Ok(out)
     }
 
-    /// The table where extension versions are kept.
-    pub fn extension_table(&self) -> String {
-        self.qualify(match self.generation() {
+    /// The name of the table where extension versions are kept.
+    pub fn extension_table_name(&self) -> &'static str {
+        match self.generation() {
             Generation::Four => "powa_extensions",
             Generation::Five => "powa_extension_config",
-        })
+        }
+    }
+
+    /// [`Layout::extension_table_name`], qualified.
+    pub fn extension_table(&self) -> String {
+        self.qualify(self.extension_table_name())
     }
 }
 

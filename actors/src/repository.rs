@@ -585,14 +585,10 @@ pub async fn repository_missing_privileges(
         Privilege::table("SELECT", layout, "powa_functions"),
         Privilege::table("SELECT, UPDATE", layout, "powa_snapshot_metas"),
     ];
-    let extensions = match layout.generation() {
-        Generation::Four => "powa_extensions",
-        Generation::Five => "powa_extension_config",
-    };
     wanted.push(Privilege::table(
         "INSERT, UPDATE, DELETE",
         layout,
-        extensions,
+        layout.extension_table_name(),
     ));
     wanted.push(Privilege::execute(layout, "powa_take_snapshot", "integer"));
     if layout.generation() == Generation::Five {
