@@ -8,6 +8,7 @@ pub mod copy;
 pub mod error;
 pub mod fault;
 pub mod gate;
+pub mod job;
 pub mod layout;
 pub mod listener;
 pub mod per_database;

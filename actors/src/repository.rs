@@ -3,14 +3,15 @@
 //! Objects are qualified with the schema the session's [`Layout`] found;
 //! where the two versions differ, the layout's [`Generation`] decides.
 
-use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
 use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::error::{classify, pg_message, ErrorKind};
-use crate::layout::{Generation, Layout};
+pub use crate::layout::PowaVersion;
+use crate::layout::{BadVersion, Generation, Layout};
+pub use crate::schedule::LastSnapshot;
 use crate::server::{ServerSpec, SrvId};
 
 #[derive(Debug, Error)]
@@ -23,8 +24,8 @@ pub enum RepositoryError {
     },
     #[error("the powa extension is not installed in the {0} database")]
     NoPowa(&'static str),
-    #[error("unreadable powa version \"{0}\"")]
-    BadVersion(String),
+    #[error(transparent)]
+    BadVersion(#[from] BadVersion),
     #[error("PoWA {0} is too old: powa-fleet needs PoWA 4.1 or newer on the repository")]
     TooOld(PowaVersion),
     #[error(
@@ -51,48 +52,6 @@ fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> RepositoryEr
     move |source| RepositoryError::Sql { what, source }
 }
 
-/// `powa` extension version, e.g. 4.1.4.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PowaVersion {
-    pub major: u32,
-    pub minor: u32,
-    pub patch: u32,
-}
-
-impl PowaVersion {
-    pub fn parse(text: &str) -> Result<PowaVersion, RepositoryError> {
-        let bad = || RepositoryError::BadVersion(text.to_string());
-        let mut parts = text.trim().split('.');
-        let mut next = |required: bool| -> Result<u32, RepositoryError> {
-            match parts.next() {
-                Some(p) => {
-                    // "5.0.0dev" style suffixes are tolerated on the last part.
-                    let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
-                    digits.parse().map_err(|_| bad())
-                }
-                None if required => Err(bad()),
-                None => Ok(0),
-            }
-        };
-        Ok(PowaVersion {
-            major: next(true)?,
-            minor: next(true)?,
-            patch: next(false)?,
-        })
-    }
-
-    /// Same major.minor: the same SQL schema.
-    pub fn compatible(&self, other: &PowaVersion) -> bool {
-        self.major == other.major && self.minor == other.minor
-    }
-}
-
-impl fmt::Display for PowaVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
-    }
-}
-
 /// The version of the `powa` extension installed on `client`'s database.
 pub async fn powa_version(client: &Client) -> Result<PowaVersion, RepositoryError> {
     extension_version(client, "repository").await
@@ -112,7 +71,7 @@ async fn extension_version(
     let Some(row) = row else {
         return Err(RepositoryError::NoPowa(side));
     };
-    PowaVersion::parse(row.get(0))
+    Ok(PowaVersion::parse(row.get(0))?)
 }
 
 /// Refuse repositories older than PoWA 4.1, and majors after 5, whose SQL
@@ -156,16 +115,6 @@ pub async fn list_servers(
             alias: row.get(7),
         })
         .collect())
-}
-
-/// What the repository knows of a server's last snapshot.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LastSnapshot {
-    /// No `powa_snapshot_metas` row: not registered with `powa_register_server`.
-    NotRegistered,
-    /// Registered, never snapshotted (`-infinity`).
-    Never,
-    At(SystemTime),
 }
 
 pub async fn last_snapshot(
@@ -450,7 +399,7 @@ impl RemoteInventory {
     /// The version of the `powa` extension, if installed.
     pub fn powa(&self) -> Result<PowaVersion, RepositoryError> {
         match self.extensions.iter().find(|(name, _)| name == "powa") {
-            Some((_, version)) => PowaVersion::parse(version),
+            Some((_, version)) => Ok(PowaVersion::parse(version)?),
             None => Err(RepositoryError::NoPowa("remote server's PoWA")),
         }
     }
