@@ -13,6 +13,7 @@ pub mod layout;
 pub mod listener;
 pub mod per_database;
 pub mod pgpass;
+pub mod privileges;
 pub mod protocol;
 pub mod redact;
 pub mod repo_pool;

@@ -23,9 +23,9 @@ use tokio_postgres::{AsyncMessage, Client, Notification};
 
 use crate::connect::prepare_repository;
 use crate::error::{backoff_delay, classify};
-use crate::layout::{Generation, Layout};
+use crate::layout::Layout;
+use crate::privileges::PermissionRule;
 use crate::protocol::{self, Answer, Command, Request};
-use crate::repository::quote_literal;
 use crate::settings::Settings;
 use crate::snapshot_actor::ForceAccepted;
 use crate::status::{Details, StatusActor, WorkerReport, WorkersStatus};
@@ -45,71 +45,6 @@ pub struct NewSettings(pub Arc<Settings>);
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Connect;
-
-/// Who may send commands, decided once per session from the server and
-/// PoWA versions.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum PermissionRule {
-    /// PostgreSQL 14+ with PoWA 4: member of `pg_signal_backend`.
-    SignalBackend,
-    /// Older PostgreSQL with PoWA 4: INSERT privilege on `powa_statements`
-    /// (the qualified table).
-    InsertStatements(String),
-    /// PoWA 5: member of a role `powa_roles` (the qualified table) maps to
-    /// `powa_admin`, `powa_write_all_data` or `powa_signal_backend`, or of
-    /// `pg_signal_backend` on PostgreSQL 14+.
-    PowaRoles { table: String, signal_backend: bool },
-}
-
-impl PermissionRule {
-    fn new(server_version_num: i32, layout: &Layout) -> PermissionRule {
-        let signal_backend = server_version_num >= 140000;
-        match layout.generation() {
-            Generation::Five => PermissionRule::PowaRoles {
-                table: layout.qualify("powa_roles"),
-                signal_backend,
-            },
-            Generation::Four if signal_backend => PermissionRule::SignalBackend,
-            Generation::Four => PermissionRule::InsertStatements(layout.qualify("powa_statements")),
-        }
-    }
-
-    /// One row with one boolean for the sender's pid (`$1`); no row, or
-    /// NULL, when its session is gone.
-    fn sql(&self) -> String {
-        match self {
-            PermissionRule::SignalBackend => {
-                "SELECT pg_catalog.pg_has_role(a.usesysid, 'pg_signal_backend', 'MEMBER') \
-                 FROM pg_catalog.pg_stat_activity a WHERE a.pid = $1"
-                    .to_string()
-            }
-            PermissionRule::InsertStatements(table) => format!(
-                "SELECT pg_catalog.has_table_privilege(a.usesysid, {}, 'INSERT') \
-                 FROM pg_catalog.pg_stat_activity a WHERE a.pid = $1",
-                quote_literal(table)
-            ),
-            PermissionRule::PowaRoles {
-                table,
-                signal_backend,
-            } => {
-                let predefined = if *signal_backend {
-                    "SELECT 'pg_signal_backend'::name UNION ALL "
-                } else {
-                    ""
-                };
-                format!(
-                    "SELECT pg_catalog.bool_or(pg_catalog.pg_has_role(a.usesysid, r.oid, 'MEMBER')) \
-                     FROM pg_catalog.pg_stat_activity a \
-                     CROSS JOIN ({predefined}SELECT rolname FROM {table} \
-                       WHERE powa_role IN ('powa_admin', 'powa_write_all_data', 'powa_signal_backend') \
-                     ) AS allowed(rolname) \
-                     JOIN pg_catalog.pg_roles r ON r.rolname = allowed.rolname \
-                     WHERE a.pid = $1"
-                )
-            }
-        }
-    }
-}
 
 pub struct Listener {
     settings: Arc<Settings>,
@@ -506,44 +441,5 @@ async fn send_answer(client: &Client, channel: &str, answer: &Answer, logger: &L
         .await
     {
         warn!(logger, "could not send an answer"; "error" => %e);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn layout(powa: &str) -> Layout {
-        Layout::from_rows([("powa".to_string(), "p".to_string(), powa.to_string())])
-    }
-
-    #[test]
-    fn each_powa_and_postgresql_gets_its_permission_rule() {
-        assert_eq!(
-            PermissionRule::new(150000, &layout("4.1.4")),
-            PermissionRule::SignalBackend
-        );
-        let old = PermissionRule::new(130000, &layout("4.1.4"));
-        assert_eq!(
-            old,
-            PermissionRule::InsertStatements("p.powa_statements".into())
-        );
-        assert!(old
-            .sql()
-            .contains("has_table_privilege(a.usesysid, 'p.powa_statements', 'INSERT')"));
-        let five = PermissionRule::new(150000, &layout("5.1.2"));
-        let sql = five.sql();
-        assert!(
-            sql.contains(
-                "SELECT 'pg_signal_backend'::name UNION ALL SELECT rolname FROM p.powa_roles"
-            ),
-            "{sql}"
-        );
-        assert!(
-            sql.contains("'powa_admin', 'powa_write_all_data', 'powa_signal_backend'"),
-            "{sql}"
-        );
-        let five_old = PermissionRule::new(130000, &layout("5.1.2")).sql();
-        assert!(!five_old.contains("pg_signal_backend'::name"), "{five_old}");
     }
 }
