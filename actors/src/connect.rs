@@ -18,6 +18,7 @@ use crate::pgpass::{self, Lookup};
 use crate::redact::redact_dsn;
 use crate::server::ServerSpec;
 use crate::settings::Settings;
+use crate::text::truncate;
 use crate::tls::{self, MakeTls, SslParams, TlsError, TlsOptions};
 
 /// `application_name` is truncated by PostgreSQL at 63 bytes.
@@ -65,15 +66,8 @@ impl ConnectError {
 /// `powa-fleet` plus a role (`repository`, `listener`, a server name),
 /// cut to what PostgreSQL keeps, on a character boundary.
 pub fn application_name(role: &str) -> String {
-    let mut name = format!("powa-fleet: {role}");
-    if name.len() > APPLICATION_NAME_MAX {
-        let mut end = APPLICATION_NAME_MAX;
-        while !name.is_char_boundary(end) {
-            end -= 1;
-        }
-        name.truncate(end);
-    }
-    name
+    let name = format!("powa-fleet: {role}");
+    truncate(&name, APPLICATION_NAME_MAX).to_owned()
 }
 
 /// An open session, whether it is encrypted, and where PoWA's objects are

@@ -14,7 +14,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use futures_util::stream::poll_fn;
@@ -28,7 +28,7 @@ use crate::privileges::PermissionRule;
 use crate::protocol::{self, Answer, Command, Request};
 use crate::settings::Settings;
 use crate::snapshot_actor::ForceAccepted;
-use crate::status::{Details, StatusActor, WorkerReport, WorkersStatus};
+use crate::status::{Details, StatusActor, WorkersStatus};
 use crate::supervisor::{Force, RefreshCatalogsOf, Reload, Supervisor};
 
 /// Requests handled at once; beyond this a request is answered with an
@@ -318,7 +318,11 @@ async fn execute(
     if let Command::FleetStatus { srvid } = &request.command {
         return match status.send(Details { wanted: *srvid }).await {
             Ok(reports) => {
-                let items: Vec<String> = reports.iter().map(report_json).collect();
+                let now = SystemTime::now();
+                let items: Vec<String> = reports
+                    .iter()
+                    .map(|report| protocol::fleet_item(report, now))
+                    .collect();
                 protocol::fleet_status(&items)
             }
             Err(_) => vec![Answer::error(
@@ -349,49 +353,6 @@ async fn check(
             Err(Answer::error(word, "Could not check permissions"))
         }
     }
-}
-
-/// Longest error string kept per worker in a FLEET_STATUS item, and how
-/// many: one item must always fit in a NOTIFY payload.
-const ITEM_TEXT_BYTES: usize = 512;
-const ITEM_ERRORS: usize = 3;
-
-fn cut(text: &str) -> &str {
-    let mut end = text.len().min(ITEM_TEXT_BYTES);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
-/// One worker as a compact JSON object (times as Unix epoch seconds).
-fn report_json(report: &WorkerReport) -> String {
-    let epoch = |t: Option<SystemTime>| {
-        t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_secs_f64())
-    };
-    let errors: Vec<&str> = report
-        .last_errors
-        .iter()
-        .take(ITEM_ERRORS)
-        .map(|e| cut(e))
-        .collect();
-    let state = report.state.powa_web_text(SystemTime::now());
-    serde_json::json!({
-        "srvid": report.srvid,
-        "name": cut(&report.name),
-        "state": cut(&state),
-        "last_snapshot": epoch(report.last_snapshot),
-        "last_duration": report.last_duration.map(|d| d.as_secs_f64()),
-        "last_lag": report.last_lag.map(|d| d.as_secs_f64()),
-        "last_rows": report.last_rows,
-        "last_errors": errors,
-        "restarts": report.restarts,
-        "next_due": epoch(report.next_due),
-        "skipped": report.skipped,
-        "tls": report.tls,
-    })
-    .to_string()
 }
 
 /// The commands answered in one payload, once permitted.

@@ -27,6 +27,7 @@ use crate::connect::{connect_remote, connect_remote_database};
 use crate::error::{backoff_delay, classify, pg_message, retry_policy, ErrorKind, Retry};
 use crate::gate::Gate;
 use crate::layout::{Generation, Layout};
+use crate::protocol;
 use crate::redact::scrub;
 use crate::repo_pool::RepoPool;
 use crate::repository::{self, LastSnapshot};
@@ -705,7 +706,7 @@ impl Handler<ForceSnapshot> for SnapshotActor {
         if !self.healthy() || self.busy || self.remote.is_none() {
             return Err(format!(
                 "Server is not ready: {}",
-                self.report.state.powa_web_text(SystemTime::now())
+                protocol::worker_state(&self.report.state, SystemTime::now())
             ));
         }
         if let Some(last) = self.report.last_snapshot {
