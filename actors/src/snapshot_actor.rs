@@ -37,6 +37,10 @@ use crate::settings::Settings;
 use crate::snapshot::{take_snapshot, CatalogRefresh, Job, OpenDatabase, SnapshotError, Step};
 use crate::status::{Report, StatusActor, WorkerReport, WorkerState};
 
+mod life;
+
+use life::{ForceRefusal, Life, OnDue};
+
 /// A forced snapshot is refused when the last one is this recent.
 const FORCE_MIN_INTERVAL: Duration = Duration::from_secs(10);
 /// How often an idle actor checks that its remote session is still alive.
@@ -105,23 +109,18 @@ pub struct SnapshotActor {
     shared: Shared,
     logger: Logger,
     report: WorkerReport,
-    /// The remote session, absent while disconnected or lent to a snapshot.
-    remote: Option<Remote>,
+    /// What the actor is doing, with the remote session while idle.
+    life: Life<Remote>,
     /// Catalogs asked for by REFRESH_DB_CAT, for the next snapshot.
     catalogs: CatalogRefresh,
     /// The next snapshot the schedule asks for (a forced one does not move it).
     due: Option<SystemTime>,
     timer: Option<SpawnHandle>,
-    /// Connecting, taking a snapshot or doing bookkeeping: one thing at a time.
-    busy: bool,
-    in_snapshot: bool,
-    forced: bool,
     /// Consecutive failures; reset by a successful snapshot.
     failures: u32,
     /// Why the last attempt failed (kind, on the repository side, reason),
     /// kept across the restart for the status.
     last_failure: Option<(ErrorKind, bool, String)>,
-    stopping: bool,
     idle_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -137,16 +136,12 @@ impl SnapshotActor {
             settings,
             shared,
             logger,
-            remote: None,
+            life: Life::default(),
             catalogs: CatalogRefresh::default(),
             due: None,
             timer: None,
-            busy: false,
-            in_snapshot: false,
-            forced: false,
             failures: 0,
             last_failure: None,
-            stopping: false,
             idle_waiters: Vec::new(),
         }
     }
@@ -175,9 +170,9 @@ impl SnapshotActor {
         let reason = self.scrub(&reason);
         error!(self.logger, "collection failed"; "error_type" => kind.as_str(), "error" => &reason);
         self.report.last_errors = vec![reason.clone()];
-        self.remote = None;
+        self.life.disconnect();
         self.cancel_timer(ctx);
-        if self.stopping {
+        if self.life.stopping() {
             return;
         }
         match retry_policy(kind) {
@@ -233,7 +228,7 @@ impl Actor for SnapshotActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(HEALTH_CHECK, |act, ctx| {
-            let lost = !act.busy && act.remote.as_ref().is_some_and(|r| r.client.is_closed());
+            let lost = act.life.idle_remote().is_some_and(|r| r.client.is_closed());
             if lost {
                 act.fail(
                     ErrorKind::Connection,
@@ -281,10 +276,7 @@ impl Supervised for SnapshotActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.failures = self.failures.saturating_add(1);
         self.report.restarts += 1;
-        self.remote = None;
-        self.busy = false;
-        self.in_snapshot = false;
-        self.forced = false;
+        self.life.restarted();
         self.timer = None;
         if self.last_failure.is_none() {
             self.last_failure = Some((
@@ -431,14 +423,13 @@ impl Handler<Connect> for SnapshotActor {
     type Result = ();
 
     fn handle(&mut self, _: Connect, ctx: &mut Context<Self>) {
-        if self.stopping || self.busy {
+        if !self.life.start_connecting() {
             return;
         }
         let spec = self.spec.clone();
         let settings = self.settings.clone();
         let pool = self.shared.pool.clone();
         let logger = self.logger.clone();
-        self.busy = true;
         let deadline = work_deadline(&settings);
         // Repository sessions are borrowed only around each query, and the
         // wait for one is not the servers' fault: only the work itself runs
@@ -497,10 +488,9 @@ impl Handler<Connect> for SnapshotActor {
             result
         };
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
-            act.busy = false;
             match result {
                 Ok(Connected { remote, tls, last }) => {
-                    act.remote = Some(remote);
+                    act.life.work_ended(Some(remote));
                     act.report.tls = Some(tls);
                     let frequency = Duration::from_secs(act.spec.frequency.into());
                     let due = schedule::first_due(SystemTime::now(), &last, frequency, |n| {
@@ -519,12 +509,14 @@ impl Handler<Connect> for SnapshotActor {
                     };
                     act.set_state(state);
                     act.arm(due, ctx);
-                    if act.stopping {
-                        act.remote = None;
+                    if act.life.stopping() {
                         act.wake_idle_waiters();
                     }
                 }
-                Err(failure) => act.fail(failure.kind, failure.repository, failure.reason, ctx),
+                Err(failure) => {
+                    act.life.work_ended(None);
+                    act.fail(failure.kind, failure.repository, failure.reason, ctx)
+                }
             }
         }));
     }
@@ -535,14 +527,14 @@ impl Handler<Due> for SnapshotActor {
 
     fn handle(&mut self, _: Due, ctx: &mut Context<Self>) {
         self.timer = None;
-        if self.stopping || self.busy {
-            return;
-        }
-        let Some(mut remote) = self.remote.take() else {
-            ctx.notify(Connect);
-            return;
+        let (mut remote, forced) = match self.life.start_snapshot() {
+            OnDue::Snapshot { remote, forced } => (remote, forced),
+            OnDue::Connect => {
+                ctx.notify(Connect);
+                return;
+            }
+            OnDue::Ignore => return,
         };
-        let forced = self.forced;
         let due = if forced {
             SystemTime::now()
         } else {
@@ -552,8 +544,6 @@ impl Handler<Due> for SnapshotActor {
         let pool = self.shared.pool.clone();
         let srvid = self.spec.srvid;
         let logger = self.logger.clone();
-        self.busy = true;
-        self.in_snapshot = true;
         let deadline = work_deadline(&self.settings);
         let remote_silence = self.settings.remote_silence;
         // Given back if the snapshot does not record them.
@@ -625,9 +615,6 @@ impl Handler<Due> for SnapshotActor {
             result
         };
         ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
-            act.busy = false;
-            act.in_snapshot = false;
-            act.forced = false;
             let now = SystemTime::now();
             let recorded =
                 matches!(&result, Ok((_, _, Ok(report))) if report.not_recorded.is_none());
@@ -636,7 +623,7 @@ impl Handler<Due> for SnapshotActor {
             }
             match result {
                 Ok((remote, waited, Ok(report))) => {
-                    act.remote = Some(remote);
+                    act.life.work_ended(Some(remote));
                     act.failures = 0;
                     if report.errors.is_empty() {
                         info!(act.logger, "snapshot taken"; "rows" => report.rows,
@@ -679,13 +666,16 @@ impl Handler<Due> for SnapshotActor {
                     act.publish();
                 }
                 Ok((_, _, Err(e))) => {
+                    act.life.work_ended(None);
                     let repository = matches!(e, SnapshotError::Repository { .. });
                     act.fail(e.kind(), repository, e.to_string(), ctx)
                 }
-                Err(failure) => act.fail(failure.kind, failure.repository, failure.reason, ctx),
+                Err(failure) => {
+                    act.life.work_ended(None);
+                    act.fail(failure.kind, failure.repository, failure.reason, ctx)
+                }
             }
-            if act.stopping {
-                act.remote = None;
+            if act.life.stopping() {
                 act.set_state(WorkerState::Stopped);
                 act.wake_idle_waiters();
             }
@@ -697,13 +687,14 @@ impl Handler<ForceSnapshot> for SnapshotActor {
     type Result = Result<ForceAccepted, String>;
 
     fn handle(&mut self, _: ForceSnapshot, ctx: &mut Context<Self>) -> Self::Result {
-        if self.in_snapshot {
+        let refusal = self.life.may_force().err();
+        if refusal == Some(ForceRefusal::InProgress) {
             return Err("A snapshot is already in progress".to_string());
         }
-        if self.forced {
+        if refusal == Some(ForceRefusal::AlreadyForced) {
             return Err("A snapshot is already forced".to_string());
         }
-        if !self.healthy() || self.busy || self.remote.is_none() {
+        if !self.healthy() || refusal == Some(ForceRefusal::NotReady) {
             return Err(format!(
                 "Server is not ready: {}",
                 protocol::worker_state(&self.report.state, SystemTime::now())
@@ -716,7 +707,7 @@ impl Handler<ForceSnapshot> for SnapshotActor {
         }
         let (running, waiting) = self.shared.gate.load();
         let free = running < self.settings.max_concurrent_snapshots && waiting == 0;
-        self.forced = true;
+        self.life.force();
         self.cancel_timer(ctx);
         ctx.notify(Due);
         Ok(if free {
@@ -732,22 +723,21 @@ impl Handler<Refresh> for SnapshotActor {
 
     fn handle(&mut self, Refresh(settings): Refresh, ctx: &mut Context<Self>) {
         self.settings = settings;
-        if self.busy || self.stopping {
+        if self.life.busy() || self.life.stopping() {
             return;
         }
-        let Some(remote) = self.remote.take().filter(|_| self.healthy()) else {
+        let healthy = self.healthy();
+        let Some(remote) = self.life.start_refreshing(healthy) else {
             // Not healthy: try again now, from a clean slate.
             info!(self.logger, "reconnecting on reload");
             self.failures = 0;
             self.cancel_timer(ctx);
-            self.remote = None;
             ctx.notify(Connect);
             return;
         };
         // Healthy: keep the session and the rhythm, redo the bookkeeping.
         let pool = self.shared.pool.clone();
         let srvid = self.spec.srvid;
-        self.busy = true;
         let deadline = work_deadline(&self.settings);
         let work = guarded(async move {
             let repo = pool.get().await.map_err(pool_failure)?;
@@ -760,13 +750,14 @@ impl Handler<Refresh> for SnapshotActor {
             Ok(remote)
         });
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
-            act.busy = false;
             match result {
-                Ok(remote) => act.remote = Some(remote),
-                Err(failure) => act.fail(failure.kind, failure.repository, failure.reason, ctx),
+                Ok(remote) => act.life.work_ended(Some(remote)),
+                Err(failure) => {
+                    act.life.work_ended(None);
+                    act.fail(failure.kind, failure.repository, failure.reason, ctx)
+                }
             }
-            if act.stopping {
-                act.remote = None;
+            if act.life.stopping() {
                 act.wake_idle_waiters();
             }
         }));
@@ -781,7 +772,7 @@ impl Handler<RefreshCatalogs> for SnapshotActor {
         RefreshCatalogs(dbnames): RefreshCatalogs,
         _: &mut Context<Self>,
     ) -> Self::Result {
-        if let Some(remote) = &self.remote {
+        if let Some(remote) = self.life.idle_remote() {
             if remote.layout.generation() == Generation::Four {
                 return Err("PoWA 4 keeps no catalogs: nothing to refresh".to_string());
             }
@@ -797,8 +788,7 @@ impl Handler<Retire> for SnapshotActor {
 
     fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
         info!(self.logger, "server removed from the fleet, stopping");
-        self.stopping = true;
-        self.remote = None;
+        self.life.retire();
         ctx.stop();
     }
 }
@@ -807,10 +797,9 @@ impl Handler<Shutdown> for SnapshotActor {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
-        self.stopping = true;
+        let waiting = self.life.shut_down();
         self.cancel_timer(ctx);
-        if !self.busy {
-            self.remote = None;
+        if !waiting {
             self.set_state(WorkerState::Stopped);
             return Box::pin(async {});
         }
