@@ -226,12 +226,9 @@ impl Status {
     }
 
     fn from_word(word: &str) -> Option<Status> {
-        match word {
-            "OK" => Some(Status::Ok),
-            "ERROR" => Some(Status::Error),
-            "UNKNOWN" => Some(Status::Unknown),
-            _ => None,
-        }
+        [Status::Ok, Status::Error, Status::Unknown]
+            .into_iter()
+            .find(|status| status.as_str() == word)
     }
 }
 

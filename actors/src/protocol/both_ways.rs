@@ -4,61 +4,34 @@
 
 use super::*;
 
-fn channel(name: &str) -> ReplyTo {
-    ReplyTo::Channel(name.to_string())
-}
-
 #[test]
 fn every_request_encoded_parses_back() {
-    let requests = [
-        (channel("c"), Command::Reload, "RELOAD c"),
-        (
-            channel("c"),
-            Command::WorkersStatus { srvid: None },
-            "WORKERS_STATUS c",
-        ),
-        (
-            channel("c"),
-            Command::WorkersStatus { srvid: Some(3) },
-            "WORKERS_STATUS c 3",
-        ),
-        (
-            channel("powa_fleet_cli_42"),
-            Command::FleetStatus { srvid: None },
-            "FLEET_STATUS powa_fleet_cli_42",
-        ),
-        (
-            channel("c"),
-            Command::FleetStatus { srvid: Some(12) },
-            "FLEET_STATUS c 12",
-        ),
-        (
-            ReplyTo::Nobody,
-            Command::ForceSnapshot { srvid: 7 },
-            "FORCE_SNAPSHOT - 7",
-        ),
-        (
-            channel("c"),
-            Command::RefreshDbCat {
-                srvid: 2,
-                dbnames: vec![],
-            },
-            "REFRESH_DB_CAT c 2 0",
-        ),
-        (
-            channel("c"),
-            Command::RefreshDbCat {
-                srvid: 2,
-                dbnames: vec!["a".into(), "b".into()],
-            },
-            "REFRESH_DB_CAT c 2 2 a b",
-        ),
-    ];
-    for (reply_to, command, payload) in requests {
-        let request = Request { reply_to, command };
+    let built = Request {
+        reply_to: ReplyTo::Channel("powa_fleet_cli_42".to_string()),
+        command: Command::FleetStatus { srvid: None },
+    };
+    assert_eq!(built.encode(), "FLEET_STATUS powa_fleet_cli_42");
+    let nobody = Request {
+        reply_to: ReplyTo::Nobody,
+        command: Command::ForceSnapshot { srvid: 7 },
+    };
+    assert_eq!(nobody.encode(), "FORCE_SNAPSHOT - 7");
+    for payload in [
+        "RELOAD c",
+        "WORKERS_STATUS c",
+        "WORKERS_STATUS c 3",
+        "FLEET_STATUS powa_fleet_cli_42",
+        "FLEET_STATUS c 12",
+        "FORCE_SNAPSHOT - 7",
+        "REFRESH_DB_CAT c 2 0",
+        "REFRESH_DB_CAT c 2 2 a b",
+    ] {
+        let request = parse(payload).expect("a well-formed request");
         assert_eq!(request.encode(), payload);
-        assert_eq!(parse(payload), Ok(request));
+        assert_eq!(parse(&request.encode()), Ok(request));
     }
+    assert_eq!(parse(&built.encode()), Ok(built));
+    assert_eq!(parse(&nobody.encode()), Ok(nobody));
 }
 
 #[test]

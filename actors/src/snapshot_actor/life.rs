@@ -132,16 +132,19 @@ impl<R> Life<R> {
 
     /// A reload: with `keep` (the server is healthy) an idle session is
     /// lent to the bookkeeping (`Some`); otherwise any session is dropped
-    /// and the caller reconnects (`None`, now disconnected). Not called
-    /// while busy or stopping.
+    /// and the caller reconnects (`None`, now disconnected). Busy or
+    /// stopping: nothing changes (`None`); the caller checks first.
     pub fn start_refreshing(&mut self, keep: bool) -> Option<R> {
-        debug_assert!(!self.busy() && !self.stopping());
         match std::mem::replace(&mut self.phase, Phase::Disconnected) {
             Phase::Idle(remote) if keep => {
                 self.phase = Phase::Busy(Work::Refreshing);
                 Some(remote)
             }
-            _ => None,
+            Phase::Idle(_) | Phase::Disconnected => None,
+            other => {
+                self.phase = other;
+                None
+            }
         }
     }
 
@@ -171,10 +174,8 @@ impl<R> Life<R> {
             Phase::Stopping(work) => (work, true),
             // Retired while the work ran: stays stopped.
             Phase::Stopped => (Work::Connecting, true),
-            Phase::Disconnected | Phase::Idle(_) => {
-                debug_assert!(false, "work ended while none ran");
-                return;
-            }
+            // Work from before a restart: what runs now is not its business.
+            Phase::Disconnected | Phase::Idle(_) => return,
         };
         if work == Work::Snapshot {
             self.forced = false;
@@ -370,6 +371,20 @@ mod tests {
         life.start_snapshot();
         life.restarted();
         assert_eq!(life.phase(), &Phase::Disconnected);
+        // The old work ending late changes nothing.
+        life.work_ended(Some("old session"));
+        assert_eq!(life.phase(), &Phase::Disconnected);
         assert!(life.start_connecting());
+    }
+
+    #[test]
+    fn a_reload_leaves_running_work_alone() {
+        let mut life = idle();
+        life.start_snapshot();
+        assert_eq!(life.start_refreshing(true), None);
+        assert_eq!(life.phase(), &Phase::Busy(Work::Snapshot));
+        life.shut_down();
+        assert_eq!(life.start_refreshing(true), None);
+        assert_eq!(life.phase(), &Phase::Stopping(Work::Snapshot));
     }
 }
