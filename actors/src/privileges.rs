@@ -1,7 +1,7 @@
 //! Who may do what, in SQL: the rule the listener applies to a command's
 //! sender, and the privilege report of `powa-fleet check` (what the
 //! repository role and each remote role lack to do their work, and
-//! whether LISTEN/NOTIFY is allowed). Read-only: nothing here writes.
+//! whether LISTEN/NOTIFY is allowed). Nothing here writes to a table.
 
 use tokio_postgres::Client;
 
