@@ -165,3 +165,21 @@ async fn a_full_log_filesystem_drops_lines_and_collection_goes_on() {
         peak_rss_kib(daemon.pid())
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_stop_signals_at_once_are_one_graceful_stop() {
+    let fleet = fleet(1);
+    let srvid = fleet.register(0, 5, None).unwrap();
+    let mut daemon = start(&fleet, FAST);
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert!(snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await);
+    // What GNU timeout does: one signal to the process, one to its group.
+    daemon.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(5));
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(8)).expect("exits");
+    let log = daemon.log();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(!log.contains("second stop signal"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+}
