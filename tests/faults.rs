@@ -183,3 +183,53 @@ async fn two_stop_signals_at_once_are_one_graceful_stop() {
     assert!(!log.contains("second stop signal"), "{log}");
     assert!(log.contains("stopped"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_on_the_command_line_is_refused_before_anything_starts() {
+    let fleet = fleet(0);
+    let dsn = format!("{} password=Pw-cli-7", fleet.repository_dsn());
+    let mut child = Command::new(BIN)
+        .args(["--config", "/dev/null", "--repository-dsn", &dsn, "run"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!(
+                "the daemon runs with a password in /proc/{}/cmdline",
+                child.id()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("must not contain a password") && stderr.contains("PGPASSWORD"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Pw-cli-7"), "{stderr}");
+
+    // The same DSN without the password, the password in PGPASSWORD: runs.
+    let mut daemon = Daemon::start_with_env(
+        Path::new(BIN),
+        &fleet.repository_dsn(),
+        FAST,
+        &[("PGPASSWORD", "Pw-cli-7")],
+    )
+    .unwrap();
+    let answer = workers_status(&fleet.repository_dsn(), Duration::from_secs(10)).await;
+    assert_eq!(
+        answer.as_deref(),
+        Some("WORKERS_STATUS OK {}"),
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.is_alive());
+}
