@@ -233,3 +233,86 @@ async fn a_password_on_the_command_line_is_refused_before_anything_starts() {
     );
     assert!(daemon.is_alive());
 }
+
+/// Collector sessions open on a cluster.
+async fn collector_sessions(client: &Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'powa-fleet%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_repository_is_reported_and_everything_resumes_after_the_thaw() {
+    let fleet = fleet(1);
+    let srvid = fleet.register(0, 5, None).unwrap();
+    // Every deadline short: connect 2 s, statements 4 s (6 s on our side).
+    let config = format!(
+        "{FAST}[snapshots]\nmax_concurrent = 1\n[timeouts]\nconnect = 2\nstatement = 4\nremote = 8\n"
+    );
+    let mut daemon = start(&fleet, &config);
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert!(
+        snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await,
+        "{}",
+        daemon.log()
+    );
+    let seq = coalesce_seq(&repo, srvid).await;
+    assert!(snapshots_reach(&repo, srvid, seq + 1, Duration::from_secs(10)).await);
+
+    // Frozen well past every deadline: the daemon says what is wrong.
+    fleet.repository.freeze();
+    let frozen = Instant::now();
+    let said = eventually(Duration::from_secs(25), || async {
+        let log = daemon.log();
+        log.contains("no answer within") || log.contains("no repository session free")
+    })
+    .await;
+    let noticed = frozen.elapsed();
+    std::thread::sleep(Duration::from_secs(25).saturating_sub(frozen.elapsed()));
+    let alive = daemon.is_alive();
+    fleet.repository.thaw();
+    let thawed = Instant::now();
+    assert!(
+        alive,
+        "died while the repository was frozen:\n{}",
+        daemon.log()
+    );
+    assert!(
+        said,
+        "nothing said about the frozen repository:\n{}",
+        daemon.log()
+    );
+
+    // Snapshots and answers resume.
+    let repo = fleet.repository.client("powa").await.unwrap();
+    let seq = coalesce_seq(&repo, srvid).await;
+    let resumed = snapshots_reach(&repo, srvid, seq + 1, Duration::from_secs(30)).await;
+    let snapshot_back = thawed.elapsed();
+    let answer = workers_status(&fleet.repository_dsn(), Duration::from_secs(20)).await;
+    let answer_back = thawed.elapsed();
+    assert!(resumed, "no snapshot after the thaw:\n{}", daemon.log());
+    assert!(
+        answer.is_some(),
+        "no answer after the thaw:\n{}",
+        daemon.log()
+    );
+    let answer = answer.unwrap();
+    assert!(answer.starts_with("WORKERS_STATUS OK "), "{answer}");
+    // The wait did not pile up sessions: at most the pool's bound
+    // (1 snapshot + 4) and the listener.
+    let sessions = collector_sessions(&repo).await;
+    assert!(
+        sessions <= 6,
+        "{sessions} collector sessions on the repository"
+    );
+    eprintln!(
+        "frozen repository: reported {noticed:?} after the freeze; after the thaw, \
+         snapshot {snapshot_back:?}, WORKERS_STATUS answered {answer_back:?}; peak RSS {} KiB",
+        peak_rss_kib(daemon.pid())
+    );
+}

@@ -195,13 +195,25 @@ impl Handler<Connect> for Listener {
             }
         };
         let statement_timeout = self.settings.statement_timeout.as_millis();
-        let fut = async move { config.connect(tls).await };
+        // `connect_timeout` covers the TCP connect only: bound the TLS
+        // handshake and startup exchange too (the mailbox waits meanwhile).
+        let connect_timeout = self.settings.connect_timeout;
+        let setup_deadline = crate::connect::statement_deadline(&self.settings);
+        let fut = async move { tokio::time::timeout(connect_timeout, config.connect(tls)).await };
         ctx.wait(fut.into_actor(self).map(move |result, act, ctx| {
             let (client, mut connection) = match result {
-                Ok(pair) => pair,
-                Err(e) => {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => {
                     warn!(act.logger, "cannot connect to the repository to listen";
                         "error_type" => classify(&e).as_str(), "error" => %e);
+                    ctx.stop();
+                    return;
+                }
+                Err(_) => {
+                    warn!(act.logger, "cannot connect to the repository to listen";
+                        "error_type" => "connection",
+                        "error" => format!("no answer within {}s (TCP, TLS and startup): \
+                            the repository is not answering", connect_timeout.as_secs_f64()));
                     ctx.stop();
                     return;
                 }
@@ -213,9 +225,8 @@ impl Handler<Connect> for Listener {
             let setup = client.clone();
             // Spawned, not waited for: a waiting future would keep the
             // context from polling the stream that drives this very query.
-            ctx.spawn(
-                async move {
-                    setup
+            let setup = async move {
+                setup
                         .batch_execute(&format!(
                             "SET statement_timeout = {statement_timeout}; LISTEN {}",
                             protocol::LISTEN_CHANNEL
@@ -229,6 +240,16 @@ impl Handler<Connect> for Listener {
                         .await?;
                     let layout = Layout::read(&setup).await?;
                     Ok::<_, tokio_postgres::Error>(PermissionRule::new(row.get(0), &layout))
+            };
+            ctx.spawn(
+                async move {
+                    match tokio::time::timeout(setup_deadline, setup).await {
+                        Ok(result) => result.map_err(|e| e.to_string()),
+                        Err(_) => Err(format!(
+                            "no answer within {}s: the repository is not answering",
+                            setup_deadline.as_secs()
+                        )),
+                    }
                 }
                 .into_actor(act)
                 .map(move |result, act, ctx| match result {

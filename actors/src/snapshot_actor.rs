@@ -405,20 +405,25 @@ impl SnapshotActor {
 
 /// How long connecting, bookkeeping or one snapshot may take in all.
 fn work_deadline(settings: &Settings) -> Duration {
-    let statements = if settings.statement_timeout.is_zero() {
-        Duration::from_secs(3600)
-    } else {
-        settings.statement_timeout
-    };
-    settings.connect_timeout + statements
+    crate::connect::statement_deadline(settings)
 }
 
 /// Write a failure to `powa_snapshot_metas.errors` so powa-web shows it.
 async fn record_error(pool: &RepoPool, srvid: SrvId, message: &str, logger: &Logger) {
+    let deadline = pool.statement_deadline();
     let result = match pool.get().await {
-        Ok(repo) => repository::record_connection_error(&repo, repo.layout(), srvid, message)
-            .await
-            .map_err(|e| e.to_string()),
+        Ok(repo) => tokio::time::timeout(
+            deadline,
+            repository::record_connection_error(&repo, repo.layout(), srvid, message),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "the repository did not answer within {}s",
+                deadline.as_secs()
+            )
+        })
+        .and_then(|r| r.map_err(|e| e.to_string())),
         Err(e) => Err(e.to_string()),
     };
     if let Err(e) = result {

@@ -224,13 +224,21 @@ impl Handler<Reload> for Supervisor {
         let fut = async move {
             let settings = config.map_err(ReloadError::Config)?;
             crate::tls::forget_configs();
+            let deadline = pool.statement_deadline();
             let repo = pool
                 .get()
                 .await
                 .map_err(|e| ReloadError::Repository(e.to_string()))?;
-            let servers = repository::list_servers(&repo, repo.layout())
-                .await
-                .map_err(|e| ReloadError::Repository(e.to_string()))?;
+            let servers =
+                tokio::time::timeout(deadline, repository::list_servers(&repo, repo.layout()))
+                    .await
+                    .map_err(|_| {
+                        ReloadError::Repository(format!(
+                            "the repository did not answer within {}s",
+                            deadline.as_secs()
+                        ))
+                    })?
+                    .map_err(|e| ReloadError::Repository(e.to_string()))?;
             Ok((settings, servers))
         };
         // Reloads are applied one at a time, in order.
