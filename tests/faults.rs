@@ -316,3 +316,44 @@ async fn a_frozen_repository_is_reported_and_everything_resumes_after_the_thaw()
         peak_rss_kib(daemon.pid())
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_first_load_of_the_server_list_is_retried() {
+    let fleet = fleet(1);
+    let srvid = fleet.register(0, 5, None).unwrap();
+    let repo = fleet.repository.client("powa").await.unwrap();
+    // The server list cannot be read at start: the first loads wait on
+    // this lock and give up after the 1 s lock timeout.
+    repo.batch_execute("BEGIN; LOCK TABLE powa_servers IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut daemon = start(&fleet, &format!("{FAST}[timeouts]\nlock = 1\n"));
+    let refused = eventually(Duration::from_secs(20), || async {
+        daemon
+            .log()
+            .matches("initial server list not loaded")
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(refused, "{}", daemon.log());
+    repo.batch_execute("COMMIT").await.unwrap();
+    let released = Instant::now();
+    let collected = snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await;
+    let recovery = released.elapsed();
+    assert!(
+        collected,
+        "never loaded after the lock went:\n{}",
+        daemon.log()
+    );
+    let answer = workers_status(&fleet.repository_dsn(), Duration::from_secs(5)).await;
+    assert_eq!(
+        answer,
+        Some(format!("WORKERS_STATUS OK {{\"{srvid}\": \"running\"}}"))
+    );
+    assert!(daemon.is_alive());
+    eprintln!(
+        "first load failed: collected {recovery:?} after the repository could answer; peak RSS {} KiB",
+        peak_rss_kib(daemon.pid())
+    );
+}
