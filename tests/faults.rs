@@ -357,3 +357,90 @@ async fn a_failed_first_load_of_the_server_list_is_retried() {
         peak_rss_kib(daemon.pid())
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_frozen_during_a_reload_holds_no_repository_session() {
+    use std::net::Ipv4Addr;
+    require_binaries().expect("PostgreSQL and PoWA installed");
+    // One remote cluster reachable as six hosts: six servers of the
+    // fleet, more than the pool's sessions (1 snapshot slot + 4).
+    let hosts: Vec<Ipv4Addr> = (1..=6).map(|i| Ipv4Addr::new(127, 61, 7, i)).collect();
+    let mut frozen_options = powa_fleet_harness::fleet::remote_options();
+    frozen_options.listen_addresses = hosts.clone();
+    let fleet = Fleet::start_with(
+        powa_fleet_harness::fleet::repository_options(),
+        vec![frozen_options, powa_fleet_harness::fleet::remote_options()],
+    )
+    .expect("fleet starts");
+    let port = fleet.remotes[0].port();
+    let frozen: Vec<i32> = hosts
+        .iter()
+        .map(|h| {
+            powa_fleet_harness::fleet::register_server(
+                &fleet.repository,
+                &h.to_string(),
+                port,
+                10,
+                None,
+            )
+            .unwrap()
+        })
+        .collect();
+    let healthy = fleet.register(1, 5, None).unwrap();
+    // A snapshot of a frozen server may hold the one slot until its
+    // remote silence limit (3 s): the healthy server's rhythm allows that;
+    // a bookkeeping holding repository sessions would stall it for good.
+    let config =
+        format!("{FAST}[snapshots]\nmax_concurrent = 1\n[timeouts]\nconnect = 2\nremote = 3\n");
+    let daemon = start(&fleet, &config);
+    let repo = fleet.repository.client("powa").await.unwrap();
+    let all_running = eventually(Duration::from_secs(30), || async {
+        workers_status(&fleet.repository_dsn(), Duration::from_secs(3))
+            .await
+            .is_some_and(|a| a.matches("\"running\"").count() == 7)
+    })
+    .await;
+    assert!(all_running, "{}", daemon.log());
+
+    // Frozen, then a reload: six bookkeepings ask a server that is silent.
+    fleet.remotes[0].freeze();
+    let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
+    let answer = client.ask("RELOAD", "", Duration::from_secs(10)).await;
+    let reloaded = Instant::now();
+    let seq = coalesce_seq(&repo, healthy).await;
+    // The healthy server keeps its 5 s rhythm meanwhile.
+    let kept = snapshots_reach(&repo, healthy, seq + 3, Duration::from_secs(20)).await;
+    let rhythm = reloaded.elapsed();
+    fleet.remotes[0].thaw();
+    let thawed = Instant::now();
+    assert_eq!(answer.as_deref(), Some("RELOAD OK OK"));
+    assert!(
+        kept,
+        "the healthy server lost its rhythm while a frozen remote's bookkeeping ran:\n{}",
+        daemon.log()
+    );
+
+    // After the thaw, the six servers are collected again.
+    let before: Vec<i64> = {
+        let mut v = Vec::new();
+        for srvid in &frozen {
+            v.push(coalesce_seq(&repo, *srvid).await);
+        }
+        v
+    };
+    let resumed = eventually(Duration::from_secs(60), || async {
+        let mut all = true;
+        for (srvid, seq) in frozen.iter().zip(&before) {
+            all &= coalesce_seq(&repo, *srvid).await > *seq;
+        }
+        all
+    })
+    .await;
+    assert!(resumed, "not collected after the thaw:\n{}", daemon.log());
+    eprintln!(
+        "remote frozen during a reload: healthy server's 3 snapshots in {rhythm:?}; \
+         the six frozen ones collected again {:?} after the thaw; peak RSS {} KiB",
+        thawed.elapsed(),
+        peak_rss_kib(daemon.pid())
+    );
+}

@@ -408,6 +408,34 @@ fn work_deadline(settings: &Settings) -> Duration {
     crate::connect::statement_deadline(settings)
 }
 
+/// The version bookkeeping: the remote is asked first, within the remote
+/// silence limit, and only then is a repository session borrowed to save
+/// the answer; a frozen remote never holds a pooled session.
+async fn bookkeeping(
+    pool: &RepoPool,
+    remote: &Client,
+    srvid: SrvId,
+    settings: &Settings,
+) -> Result<(), StepFailure> {
+    let inventory = within(
+        settings.remote_silence,
+        "reading the remote server's versions",
+        async {
+            repository::remote_inventory(remote)
+                .await
+                .map_err(|e| StepFailure::new(e.kind(), e))
+        },
+    )
+    .await?;
+    let repo = pool.get().await.map_err(pool_failure)?;
+    within(work_deadline(settings), "the version bookkeeping", async {
+        repository::save_versions(&repo, repo.layout(), srvid, &inventory)
+            .await
+            .map_err(|e| StepFailure::new(e.kind(), e))
+    })
+    .await
+}
+
 /// Write a failure to `powa_snapshot_metas.errors` so powa-web shows it.
 async fn record_error(pool: &RepoPool, srvid: SrvId, message: &str, logger: &Logger) {
     let deadline = pool.statement_deadline();
@@ -478,13 +506,7 @@ impl Handler<Connect> for SnapshotActor {
                 client: session.client,
                 layout: session.layout,
             };
-            let repo = pool.get().await.map_err(pool_failure)?;
-            within(deadline, "the version bookkeeping", async {
-                repository::update_versions(&repo, repo.layout(), &remote.client, spec.srvid)
-                    .await
-                    .map_err(|e| StepFailure::new(e.kind(), e))
-            })
-            .await?;
+            bookkeeping(&pool, &remote.client, spec.srvid, &settings).await?;
             Ok(Connected { remote, tls, last })
         });
         let pool = self.shared.pool.clone();
@@ -752,15 +774,9 @@ impl Handler<Refresh> for SnapshotActor {
         let pool = self.shared.pool.clone();
         let srvid = self.spec.srvid;
         self.busy = true;
-        let deadline = work_deadline(&self.settings);
+        let settings = self.settings.clone();
         let work = guarded(async move {
-            let repo = pool.get().await.map_err(pool_failure)?;
-            within(deadline, "the version bookkeeping", async {
-                repository::update_versions(&repo, repo.layout(), &remote.client, srvid)
-                    .await
-                    .map_err(|e| StepFailure::new(e.kind(), e))
-            })
-            .await?;
+            bookkeeping(&pool, &remote.client, srvid, &settings).await?;
             Ok(remote)
         });
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
