@@ -444,3 +444,70 @@ async fn a_remote_frozen_during_a_reload_holds_no_repository_session() {
         peak_rss_kib(daemon.pid())
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_cut_off_after_it_went_through_is_not_called_aborted() {
+    let fleet = fleet(1);
+    let srvid = fleet.register(0, 5, None).unwrap();
+    let mut daemon = start(&fleet, FAST);
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert!(snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await);
+
+    // A synchronous standby that never comes: a COMMIT is written locally,
+    // then waits. Terminating the session then is what a lost connection
+    // at COMMIT looks like to the collector: the snapshot committed, the
+    // answer never came.
+    repo.batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+        .await
+        .unwrap();
+    repo.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    let before = coalesce_seq(&repo, srvid).await;
+    let cut = eventually(Duration::from_secs(20), || async {
+        let terminated: i64 = repo
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE wait_event = 'SyncRep' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        terminated > 0
+    })
+    .await;
+    repo.batch_execute("ALTER SYSTEM RESET synchronous_standby_names")
+        .await
+        .unwrap();
+    repo.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    let cut_at = Instant::now();
+    assert!(cut, "no COMMIT waited:\n{}", daemon.log());
+
+    let settled = eventually(Duration::from_secs(15), || async {
+        daemon.log().contains("the snapshot is in the repository")
+    })
+    .await;
+    let settle_time = cut_at.elapsed();
+    assert!(settled, "{}", daemon.log());
+    assert_eq!(coalesce_seq(&repo, srvid).await, before + 1, "it committed");
+    let errors = powa_fleet_harness::fleet::stored_errors(&repo, srvid)
+        .await
+        .unwrap_or_default();
+    assert!(
+        !errors
+            .iter()
+            .any(|e| e.contains("aborted") || e.contains("unknown")),
+        "a committed snapshot recorded as lost: {errors:?}"
+    );
+    // The rhythm goes on, and the worker is healthy.
+    assert!(snapshots_reach(&repo, srvid, before + 2, Duration::from_secs(15)).await);
+    let answer = workers_status(&fleet.repository_dsn(), Duration::from_secs(5)).await;
+    assert_eq!(
+        answer,
+        Some(format!("WORKERS_STATUS OK {{\"{srvid}\": \"running\"}}"))
+    );
+    assert!(daemon.is_alive());
+    eprintln!(
+        "COMMIT cut off: settled as committed {settle_time:?} after the cut; peak RSS {} KiB",
+        peak_rss_kib(daemon.pid())
+    );
+}

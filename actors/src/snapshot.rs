@@ -47,7 +47,8 @@ pub struct SnapshotReport {
     pub not_recorded: Option<String>,
 }
 
-/// A snapshot lost as a whole: nothing was committed.
+/// A snapshot lost as a whole: nothing was committed (but for
+/// [`SnapshotError::CommitUnknown`], where nobody knows yet).
 #[derive(Debug, Error)]
 pub enum SnapshotError {
     #[error("snapshot aborted, remote server failed while {what}: {}", pg_message(.source))]
@@ -65,6 +66,17 @@ pub enum SnapshotError {
     /// The remote server sent nothing for `secs` seconds.
     #[error("snapshot aborted, remote server sent nothing for {secs}s while {what}: it is not answering")]
     RemoteSilent { what: &'static str, secs: u64 },
+    /// The repository session was lost while committing: the snapshot may
+    /// be in the repository or not. It is there if `coalesce_seq` reached
+    /// `recorded_seq` (what the transaction set); `report` is what the
+    /// snapshot did if so.
+    #[error("snapshot outcome unknown: the repository session was lost while committing: {}", pg_message(.source))]
+    CommitUnknown {
+        recorded_seq: Option<i64>,
+        report: Box<SnapshotReport>,
+        #[source]
+        source: tokio_postgres::Error,
+    },
 }
 
 impl SnapshotError {
@@ -73,9 +85,32 @@ impl SnapshotError {
             SnapshotError::Remote { source, .. } | SnapshotError::Repository { source, .. } => {
                 classify(source)
             }
-            SnapshotError::RemoteSilent { .. } => ErrorKind::Connection,
+            SnapshotError::RemoteSilent { .. } | SnapshotError::CommitUnknown { .. } => {
+                ErrorKind::Connection
+            }
         }
     }
+}
+
+/// After [`SnapshotError::CommitUnknown`], on another session: whether
+/// the snapshot that would have set `coalesce_seq` to `recorded_seq` is in
+/// the repository.
+pub async fn committed(
+    repo: &Client,
+    layout: &Layout,
+    srvid: SrvId,
+    recorded_seq: i64,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = repo
+        .query_one(
+            &format!(
+                "SELECT coalesce_seq FROM {} WHERE srvid = $1",
+                layout.qualify("powa_snapshot_metas")
+            ),
+            &[&srvid],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) >= recorded_seq)
 }
 
 pub(crate) fn remote(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SnapshotError {
@@ -113,6 +148,20 @@ pub enum Step {
 /// opposed to one datasource (an SQL error under a savepoint).
 pub(crate) fn is_lost(err: &tokio_postgres::Error) -> bool {
     err.code().is_none()
+}
+
+/// A COMMIT error after which nobody can tell whether it committed: the
+/// session is gone (no SQLSTATE, a connection exception, or the backend
+/// terminated: class 57P, as when a commit waiting for a synchronous
+/// standby is cancelled after committing locally).
+fn commit_outcome_unknown(err: &tokio_postgres::Error, client: &Client) -> bool {
+    match err.code() {
+        None => true,
+        Some(code) => {
+            let code = code.code();
+            client.is_closed() || code.starts_with("08") || code.starts_with("57P")
+        }
+    }
 }
 
 /// Opens a session on another database of the remote server (PoWA 5
@@ -307,7 +356,35 @@ pub async fn take_snapshot(
             .await
             .map_err(repo("recording errors"))?;
     }
-    repo_tx.commit().await.map_err(repo("committing"))?;
+    // What this transaction leaves in coalesce_seq: how to tell, should
+    // the session be lost during COMMIT, whether the snapshot is there.
+    let recorded_seq = match &report.not_recorded {
+        Some(_) => None,
+        None => Some(
+            repo_tx
+                .query_one(
+                    &format!(
+                        "SELECT coalesce_seq FROM {} WHERE srvid = $1",
+                        layout.qualify("powa_snapshot_metas")
+                    ),
+                    &[&srvid],
+                )
+                .await
+                .map_err(repo("reading the snapshot's sequence"))?
+                .get::<_, i64>(0),
+        ),
+    };
+    if let Err(e) = repo_tx.commit().await {
+        if commit_outcome_unknown(&e, repo_client) {
+            report.elapsed = started.elapsed();
+            return Err(SnapshotError::CommitUnknown {
+                recorded_seq,
+                report: Box::new(report),
+                source: e,
+            });
+        }
+        return Err(repo("committing")(e));
+    }
     // powa_take_snapshot renames the session; give the pooled session its
     // own name back (RESET restores the one set at connection).
     if let Err(e) = repo_client.batch_execute("RESET application_name").await {

@@ -33,7 +33,9 @@ use crate::repository::{self, LastSnapshot};
 use crate::schedule;
 use crate::server::{ServerSpec, SrvId};
 use crate::settings::Settings;
-use crate::snapshot::{take_snapshot, CatalogRefresh, Job, OpenDatabase, SnapshotError, Step};
+use crate::snapshot::{
+    take_snapshot, CatalogRefresh, Job, OpenDatabase, SnapshotError, SnapshotReport, Step,
+};
 use crate::status::{Report, StatusActor, WorkerReport, WorkerState};
 
 /// A forced snapshot is refused when the last one is this recent.
@@ -436,6 +438,68 @@ async fn bookkeeping(
     .await
 }
 
+/// Tries at finding out whether a COMMIT cut off by a lost session went
+/// through, one second apart (the repository may be restarting).
+const COMMIT_CHECKS: u32 = 3;
+
+/// A COMMIT cut off by a lost session: ask the repository, on a new
+/// session, whether the snapshot is there. It becomes a success if it is,
+/// an aborted snapshot if it is not, and stays "outcome unknown" (never
+/// "aborted") when the repository cannot tell us.
+async fn settle_commit<R>(
+    pool: &RepoPool,
+    srvid: SrvId,
+    result: Result<(R, Duration, Result<SnapshotReport, SnapshotError>), StepFailure>,
+    logger: &Logger,
+) -> Result<(R, Duration, Result<SnapshotReport, SnapshotError>), StepFailure> {
+    let Ok((
+        remote,
+        waited,
+        Err(SnapshotError::CommitUnknown {
+            recorded_seq: Some(seq),
+            report,
+            source,
+        }),
+    )) = result
+    else {
+        return result;
+    };
+    let deadline = pool.statement_deadline();
+    for attempt in 0..COMMIT_CHECKS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let Ok(repo) = pool.get().await else { continue };
+        let check = crate::snapshot::committed(&repo, repo.layout(), srvid, seq);
+        match tokio::time::timeout(deadline, check).await {
+            Ok(Ok(true)) => {
+                let mut report = *report;
+                warn!(logger, "the repository session was lost during COMMIT, \
+                    but the snapshot is in the repository"; "error" => pg_message(&source));
+                report.warnings.push(format!(
+                    "repository session lost during COMMIT, snapshot committed: {}",
+                    pg_message(&source)
+                ));
+                return Ok((remote, waited, Ok(report)));
+            }
+            Ok(Ok(false)) => {
+                let aborted = SnapshotError::Repository {
+                    what: "committing",
+                    source,
+                };
+                return Ok((remote, waited, Err(aborted)));
+            }
+            Ok(Err(_)) | Err(_) => {}
+        }
+    }
+    let unknown = SnapshotError::CommitUnknown {
+        recorded_seq: Some(seq),
+        report,
+        source,
+    };
+    Ok((remote, waited, Err(unknown)))
+}
+
 /// Write a failure to `powa_snapshot_metas.errors` so powa-web shows it.
 async fn record_error(pool: &RepoPool, srvid: SrvId, message: &str, logger: &Logger) {
     let deadline = pool.statement_deadline();
@@ -638,7 +702,7 @@ impl Handler<Due> for SnapshotActor {
         let logger = self.logger.clone();
         let password = self.spec.password.clone().unwrap_or_default();
         let work = async move {
-            let result = work.await;
+            let result = settle_commit(&pool, srvid, work.await, &logger).await;
             // A snapshot lost as a whole is written where powa-web shows it.
             let lost = match &result {
                 Ok((_, _, Err(e))) => Some(e.to_string()),
