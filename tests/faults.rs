@@ -511,3 +511,52 @@ async fn a_commit_cut_off_after_it_went_through_is_not_called_aborted() {
         peak_rss_kib(daemon.pid())
     );
 }
+
+/// Terminate the daemon's LISTEN session on the repository.
+async fn terminate_listener(repo: &Client) -> i64 {
+    repo.query_one(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = 'powa-fleet: listener'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_in_flight_at_a_listener_restart_leak_no_slot() {
+    let fleet = fleet(1);
+    let srvid = fleet.register(0, 5, None).unwrap();
+    let daemon = start(&fleet, &format!("{FAST}[timeouts]\nlock = 60\n"));
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert!(snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await);
+    // Reloads wait on this lock: 300 RELOADs stay in flight.
+    let locker = fleet.repository.client("powa").await.unwrap();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE powa_servers IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
+    let channel = Requester::new_channel();
+    for _ in 0..300 {
+        client.notify(&format!("RELOAD {channel}")).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The repository drops the LISTEN session while they wait.
+    assert_eq!(terminate_listener(&repo).await, 1);
+    let cut = Instant::now();
+    locker.batch_execute("COMMIT").await.unwrap();
+    // Back, and not refusing everything as "too many requests".
+    let answered = eventually(Duration::from_secs(20), || async {
+        let answer = workers_status(&fleet.repository_dsn(), Duration::from_secs(2)).await;
+        answer.is_some_and(|a| a.starts_with("WORKERS_STATUS OK"))
+    })
+    .await;
+    let recovery = cut.elapsed();
+    assert!(answered, "{}", daemon.log());
+    eprintln!(
+        "listener restarted with 300 requests in flight: answering {recovery:?} after the cut; peak RSS {} KiB",
+        peak_rss_kib(daemon.pid())
+    );
+}

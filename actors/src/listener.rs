@@ -170,6 +170,9 @@ impl Actor for Listener {
 impl Supervised for Listener {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.session = None;
+        // The requests in flight were dropped with the old context and
+        // will never count themselves out: start a new count.
+        self.in_flight = Rc::new(Cell::new(0));
         self.failures = self.failures.saturating_add(1);
     }
 }
