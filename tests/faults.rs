@@ -560,3 +560,58 @@ async fn requests_in_flight_at_a_listener_restart_leak_no_slot() {
         peak_rss_kib(daemon.pid())
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_payloads_from_a_role_without_permission_get_no_answer() {
+    let fleet = fleet(1);
+    let srvid = fleet.register(0, 5, None).unwrap();
+    fleet
+        .repository
+        .psql("powa", "CREATE ROLE nobody LOGIN")
+        .unwrap();
+    let mut daemon = start(&fleet, FAST);
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert!(snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await);
+    let dsn = fleet
+        .repository_dsn()
+        .replace("user=postgres", "user=nobody");
+    let mut nobody = Requester::connect(&dsn).await.unwrap();
+    let channel = Requester::new_channel();
+    nobody.listen(&channel).await.unwrap();
+    let seq = coalesce_seq(&repo, srvid).await;
+    let flood = Instant::now();
+    // Thousands of payloads that each ask for an answer on its channel.
+    for i in 0..3000 {
+        let payload = match i % 3 {
+            0 => format!("NO_SUCH_COMMAND {channel}"),
+            1 => format!("WORKERS_STATUS {channel} not-a-srvid"),
+            _ => format!("FORCE_SNAPSHOT {channel}"),
+        };
+        nobody.notify(&payload).await.unwrap();
+    }
+    // A privileged client is answered meanwhile, within 3 s.
+    let mut admin = Requester::connect(&fleet.repository_dsn()).await.unwrap();
+    let asked = Instant::now();
+    let answer = admin
+        .ask("WORKERS_STATUS", "", Duration::from_secs(3))
+        .await;
+    let latency = asked.elapsed();
+    assert_eq!(
+        answer,
+        Some(format!("WORKERS_STATUS OK {{\"{srvid}\": \"running\"}}")),
+        "{}",
+        daemon.log()
+    );
+    let sent = nobody.next_on(&channel, Duration::from_secs(3)).await;
+    assert_eq!(sent, None, "answered a role without permission");
+    assert!(
+        snapshots_reach(&repo, srvid, seq + 2, Duration::from_secs(15)).await,
+        "snapshots fell behind during the flood"
+    );
+    assert!(daemon.is_alive());
+    eprintln!(
+        "3000 malformed NOTIFYs without permission: flood sent in {:?}, WORKERS_STATUS in {latency:?}; peak RSS {} KiB",
+        asked.duration_since(flood),
+        peak_rss_kib(daemon.pid())
+    );
+}

@@ -331,7 +331,25 @@ impl Listener {
             return;
         }
         if let Some((channel, answer)) = answer_now {
-            self.spawn_answer(session, channel, answer, ctx);
+            // Counted and checked like a command: any role that can
+            // connect may NOTIFY us, and must not make us NOTIFY at will.
+            let in_flight = self.in_flight.clone();
+            in_flight.set(in_flight.get() + 1);
+            let logger = self.logger.clone();
+            ctx.spawn(
+                async move {
+                    match permitted(&session, sender_pid).await {
+                        Ok(true) => send_answer(&session.client, &channel, &answer, &logger).await,
+                        Ok(false) => {
+                            debug!(logger, "invalid command from a role without permission: \
+                                not answered"; "sender_pid" => sender_pid)
+                        }
+                        Err(e) => warn!(logger, "permission check failed"; "error" => %e),
+                    }
+                    in_flight.set(in_flight.get() - 1);
+                }
+                .into_actor(self),
+            );
             return;
         }
         let Some(request) = request else { return };
