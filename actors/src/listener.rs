@@ -11,7 +11,8 @@
 //! again. Requests are handled concurrently (they are short); a bound on
 //! requests in flight keeps a flood of notifications from growing memory.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,6 +35,52 @@ use crate::supervisor::{Force, RefreshCatalogsOf, Reload, Supervisor};
 /// Requests handled at once; beyond this a request is answered with an
 /// error instead of queueing without bound.
 const MAX_IN_FLIGHT: usize = 256;
+/// Requests of one sending backend handled at once: one session flooding
+/// the channel leaves room for the others.
+const MAX_IN_FLIGHT_PER_SENDER: usize = MAX_IN_FLIGHT / 2;
+
+/// Requests being handled, in all and per sending backend.
+#[derive(Default)]
+struct InFlight {
+    total: Cell<usize>,
+    per_sender: RefCell<HashMap<i32, usize>>,
+}
+
+/// One request's place in [`InFlight`], given back when dropped: when the
+/// request is done, or dropped with the listener's context at a restart.
+struct Slot {
+    counts: Rc<InFlight>,
+    sender: i32,
+}
+
+impl InFlight {
+    fn take(self: &Rc<Self>, sender: i32) -> Option<Slot> {
+        let mine = self.per_sender.borrow().get(&sender).copied().unwrap_or(0);
+        if self.total.get() >= MAX_IN_FLIGHT || mine >= MAX_IN_FLIGHT_PER_SENDER {
+            return None;
+        }
+        self.total.set(self.total.get() + 1);
+        *self.per_sender.borrow_mut().entry(sender).or_default() += 1;
+        Some(Slot {
+            counts: self.clone(),
+            sender,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let counts = &self.counts;
+        counts.total.set(counts.total.get() - 1);
+        let mut per_sender = counts.per_sender.borrow_mut();
+        if let Some(n) = per_sender.get_mut(&self.sender) {
+            *n -= 1;
+            if *n == 0 {
+                per_sender.remove(&self.sender);
+            }
+        }
+    }
+}
 
 /// New settings after a reload (the DSN change takes effect at the next
 /// reconnection).
@@ -118,7 +165,7 @@ pub struct Listener {
     logger: Logger,
     session: Option<Session>,
     failures: u32,
-    in_flight: Rc<Cell<usize>>,
+    in_flight: Rc<InFlight>,
 }
 
 /// The live LISTEN session.
@@ -143,7 +190,7 @@ impl Listener {
             logger: logger.new(slog::o!("actor" => "listener")),
             session: None,
             failures: 0,
-            in_flight: Rc::new(Cell::new(0)),
+            in_flight: Rc::default(),
         }
     }
 }
@@ -170,9 +217,9 @@ impl Actor for Listener {
 impl Supervised for Listener {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.session = None;
-        // The requests in flight were dropped with the old context and
-        // will never count themselves out: start a new count.
-        self.in_flight = Rc::new(Cell::new(0));
+        // The requests in flight are dropped with the old context (their
+        // slots with them); start a new count all the same.
+        self.in_flight = Rc::default();
         self.failures = self.failures.saturating_add(1);
     }
 }
@@ -319,7 +366,7 @@ impl Listener {
                 (None, rejection.reply)
             }
         };
-        if self.in_flight.get() >= MAX_IN_FLIGHT {
+        let Some(slot) = self.in_flight.take(sender_pid) else {
             warn!(self.logger, "too many commands in flight, refusing one"; "sender_pid" => sender_pid);
             if let Some(request) = &request {
                 if let Some(channel) = request.reply_to.channel() {
@@ -329,12 +376,10 @@ impl Listener {
                 }
             }
             return;
-        }
+        };
         if let Some((channel, answer)) = answer_now {
             // Counted and checked like a command: any role that can
             // connect may NOTIFY us, and must not make us NOTIFY at will.
-            let in_flight = self.in_flight.clone();
-            in_flight.set(in_flight.get() + 1);
             let logger = self.logger.clone();
             ctx.spawn(
                 async move {
@@ -346,15 +391,13 @@ impl Listener {
                         }
                         Err(e) => warn!(logger, "permission check failed"; "error" => %e),
                     }
-                    in_flight.set(in_flight.get() - 1);
+                    drop(slot);
                 }
                 .into_actor(self),
             );
             return;
         }
         let Some(request) = request else { return };
-        let in_flight = self.in_flight.clone();
-        in_flight.set(in_flight.get() + 1);
         let supervisor = self.supervisor.clone();
         let status = self.status.clone();
         let logger = self.logger.clone();
@@ -375,7 +418,7 @@ impl Listener {
                         send_answer(&session.client, channel, answer, &logger).await;
                     }
                 }
-                in_flight.set(in_flight.get() - 1);
+                drop(slot);
             }
             .into_actor(self),
         );
