@@ -222,7 +222,7 @@ impl Logging {
 
     /// Log lines dropped since start (sink failing or queue full), for
     /// `powa_fleet_log_lines_dropped_total`.
-    #[allow(dead_code)] // read by the metrics endpoint and the tests
+    #[cfg_attr(not(test), allow(dead_code))] // no metrics endpoint yet
     pub fn lines_dropped(&self) -> u64 {
         self.losses.dropped.load(Ordering::Relaxed)
     }
@@ -239,6 +239,22 @@ impl Logging {
 mod tests {
     use super::*;
     use slog::info;
+
+    #[test]
+    fn a_log_file_that_cannot_be_written_costs_counted_lines_only() {
+        // Every write to /dev/full fails with ENOSPC.
+        let logging = Logging::new(
+            Level::Info,
+            LogFormat::Console,
+            Some(Path::new("/dev/full")),
+        )
+        .unwrap();
+        for n in 0..10 {
+            info!(logging.logger, "lost"; "n" => n);
+        }
+        logging.flush();
+        assert_eq!(logging.lines_dropped(), 10);
+    }
 
     #[test]
     fn a_failing_sink_drops_counts_and_recovers() {
