@@ -243,17 +243,14 @@ mod tests {
     #[test]
     fn a_log_file_that_cannot_be_written_costs_counted_lines_only() {
         // Every write to /dev/full fails with ENOSPC.
-        let logging = Logging::new(
-            Level::Info,
-            LogFormat::Console,
-            Some(Path::new("/dev/full")),
-        )
-        .unwrap();
-        for n in 0..10 {
-            info!(logging.logger, "lost"; "n" => n);
+        for format in [LogFormat::Console, LogFormat::Json] {
+            let logging = Logging::new(Level::Info, format, Some(Path::new("/dev/full"))).unwrap();
+            for n in 0..10 {
+                info!(logging.logger, "lost"; "n" => n);
+            }
+            logging.flush();
+            assert_eq!(logging.lines_dropped(), 10);
         }
-        logging.flush();
-        assert_eq!(logging.lines_dropped(), 10);
     }
 
     #[test]
