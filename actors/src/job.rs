@@ -37,7 +37,8 @@ pub struct SnapshotReport {
     pub not_recorded: Option<String>,
 }
 
-/// A snapshot lost as a whole: nothing was committed.
+/// A snapshot lost as a whole: nothing was committed (but for
+/// [`SnapshotError::CommitUnknown`], where nobody knows yet).
 #[derive(Debug, Error)]
 pub enum SnapshotError {
     #[error("snapshot aborted, remote server failed while {what}: {}", pg_message(.source))]
@@ -55,6 +56,17 @@ pub enum SnapshotError {
     /// The remote server sent nothing for `secs` seconds.
     #[error("snapshot aborted, remote server sent nothing for {secs}s while {what}: it is not answering")]
     RemoteSilent { what: &'static str, secs: u64 },
+    /// The repository session was lost while committing: the snapshot may
+    /// be in the repository or not. It is there if `coalesce_seq` reached
+    /// `recorded_seq` (what the transaction set); `report` is what the
+    /// snapshot did if so.
+    #[error("snapshot outcome unknown: the repository session was lost while committing: {}", pg_message(.source))]
+    CommitUnknown {
+        recorded_seq: Option<i64>,
+        report: Box<SnapshotReport>,
+        #[source]
+        source: tokio_postgres::Error,
+    },
 }
 
 impl SnapshotError {
@@ -63,7 +75,9 @@ impl SnapshotError {
             SnapshotError::Remote { source, .. } | SnapshotError::Repository { source, .. } => {
                 classify(source)
             }
-            SnapshotError::RemoteSilent { .. } => ErrorKind::Connection,
+            SnapshotError::RemoteSilent { .. } | SnapshotError::CommitUnknown { .. } => {
+                ErrorKind::Connection
+            }
         }
     }
 }

@@ -22,9 +22,45 @@ use crate::job::{copy_one, is_lost, on_remote, remote, repo};
 pub use crate::job::{
     CatalogRefresh, CopyPlan, Job, OpenDatabase, SnapshotError, SnapshotReport, Step,
 };
-use crate::layout::Generation;
+use crate::layout::{Generation, Layout};
 use crate::per_database;
 use crate::repository::{self, Datasource};
+use crate::server::SrvId;
+
+/// After [`SnapshotError::CommitUnknown`], on another session: whether
+/// the snapshot that would have set `coalesce_seq` to `recorded_seq` is in
+/// the repository.
+pub async fn committed(
+    repo: &Client,
+    layout: &Layout,
+    srvid: SrvId,
+    recorded_seq: i64,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = repo
+        .query_one(
+            &format!(
+                "SELECT coalesce_seq FROM {} WHERE srvid = $1",
+                layout.qualify("powa_snapshot_metas")
+            ),
+            &[&srvid],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) >= recorded_seq)
+}
+
+/// A COMMIT error after which nobody can tell whether it committed: the
+/// session is gone (no SQLSTATE, a connection exception, or the backend
+/// terminated: class 57P, as when a commit waiting for a synchronous
+/// standby is cancelled after committing locally).
+fn commit_outcome_unknown(err: &tokio_postgres::Error, client: &Client) -> bool {
+    match err.code() {
+        None => true,
+        Some(code) => {
+            let code = code.code();
+            client.is_closed() || code.starts_with("08") || code.starts_with("57P")
+        }
+    }
+}
 
 /// The copy of one global datasource: its source function called with
 /// `0` (the remote's own data) in the schema it lives in on the remote,
@@ -182,7 +218,35 @@ pub async fn take_snapshot(
             .await
             .map_err(repo("recording errors"))?;
     }
-    repo_tx.commit().await.map_err(repo("committing"))?;
+    // What this transaction leaves in coalesce_seq: how to tell, should
+    // the session be lost during COMMIT, whether the snapshot is there.
+    let recorded_seq = match &report.not_recorded {
+        Some(_) => None,
+        None => Some(
+            repo_tx
+                .query_one(
+                    &format!(
+                        "SELECT coalesce_seq FROM {} WHERE srvid = $1",
+                        layout.qualify("powa_snapshot_metas")
+                    ),
+                    &[&srvid],
+                )
+                .await
+                .map_err(repo("reading the snapshot's sequence"))?
+                .get::<_, i64>(0),
+        ),
+    };
+    if let Err(e) = repo_tx.commit().await {
+        if commit_outcome_unknown(&e, repo_client) {
+            report.elapsed = started.elapsed();
+            return Err(SnapshotError::CommitUnknown {
+                recorded_seq,
+                report: Box::new(report),
+                source: e,
+            });
+        }
+        return Err(repo("committing")(e));
+    }
     // powa_take_snapshot renames the session; give the pooled session its
     // own name back (RESET restores the one set at connection).
     if let Err(e) = repo_client.batch_execute("RESET application_name").await {
