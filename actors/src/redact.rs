@@ -34,13 +34,48 @@ const MASK: &str = "********";
 /// A connection string with its password masked, in either libpq form:
 /// `key=value` (`password=...`, quoted or not) or URI
 /// (`postgresql://user:pass@host/db`, and `?password=` in the query).
+///
+/// A string that does not parse has no structure to trust (`p=assword=x`,
+/// `password=a b` are a password with a typo, one that needed quotes): then
+/// only its keys are shown, every value and stray word masked.
 pub fn redact_dsn(dsn: &str) -> String {
     let trimmed = dsn.trim_start();
-    if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
-        redact_uri(dsn)
-    } else {
-        redact_key_value(dsn)
+    let uri = trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://");
+    let parses = crate::tls::take_ssl_params(dsn)
+        .is_ok_and(|(rest, _)| rest.parse::<tokio_postgres::Config>().is_ok());
+    match (uri, parses) {
+        (true, true) => redact_uri(dsn),
+        (true, false) => {
+            let scheme_end = dsn.find("://").map_or(0, |i| i + 3);
+            format!("{}{MASK}", &dsn[..scheme_end])
+        }
+        // The same reading as in messages: `user='x' 'password='y'` still
+        // has its password found.
+        (false, true) => scrub(dsn, &[]),
+        (false, false) => keys_only(dsn),
     }
+}
+
+/// `key=********` for each pair of a broken key=value string, `********`
+/// for each other word.
+fn keys_only(dsn: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut rest = dsn.trim_start();
+    while !rest.is_empty() {
+        match key_value_at(rest) {
+            Some(pair) => {
+                out.push(format!("{}={MASK}", pair.key));
+                rest = &rest[pair.value_end.max(1).min(rest.len())..];
+            }
+            None => {
+                out.push(MASK.to_string());
+                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                rest = &rest[end..];
+            }
+        }
+        rest = rest.trim_start();
+    }
+    out.join(" ")
 }
 
 fn redact_uri(dsn: &str) -> String {
@@ -73,59 +108,6 @@ fn redact_uri(dsn: &str) -> String {
         None => tail.to_string(),
     };
     format!("{scheme}{authority}{tail}")
-}
-
-fn redact_key_value(dsn: &str) -> String {
-    let mut out = String::with_capacity(dsn.len());
-    let mut rest = dsn;
-    while let Some(pos) = find_password_key(rest) {
-        let (before, after_key) = rest.split_at(pos);
-        out.push_str(before);
-        let eq = after_key.find('=').expect("key found with its '='");
-        out.push_str(&after_key[..=eq]);
-        let value = after_key[eq + 1..].trim_start();
-        let skipped = after_key.len() - eq - 1 - value.len();
-        out.push_str(&after_key[eq + 1..eq + 1 + skipped]);
-        out.push_str(MASK);
-        rest = &value[value_len(value)..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Byte offset of a `password` key (followed by optional spaces and `=`)
-/// that starts a key=value pair.
-fn find_password_key(text: &str) -> Option<usize> {
-    let mut from = 0;
-    while let Some(found) = text[from..].find("password") {
-        let at = from + found;
-        let starts_pair = at == 0 || text[..at].ends_with(char::is_whitespace);
-        let after = text[at + "password".len()..].trim_start();
-        if starts_pair && after.starts_with('=') {
-            return Some(at);
-        }
-        from = at + "password".len();
-    }
-    None
-}
-
-/// Length of a libpq value: single-quoted with backslash escapes, or up to
-/// the next whitespace.
-fn value_len(value: &str) -> usize {
-    if let Some(quoted) = value.strip_prefix('\'') {
-        let mut escaped = false;
-        for (i, c) in quoted.char_indices() {
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '\'') => return i + 2,
-                _ => {}
-            }
-        }
-        value.len()
-    } else {
-        value.find(char::is_whitespace).unwrap_or(value.len())
-    }
 }
 
 /// `text` with the passwords it quotes masked, found by the structure that
@@ -185,14 +167,11 @@ pub fn scrub(text: &str, secrets: &[&str]) -> String {
     out
 }
 
-/// What may stand before a key or a URI in a message: `"host=a"`,
-/// `(password=x)`, `dsn:postgres://...`.
+/// What may stand before a key or a URI: anything but a key character
+/// (`"host=a"`, `(password=x)`, `dsn:postgres://...`, a stray `}` or `'`
+/// of a broken string), so that `mypassword=` is not a password key.
 fn is_boundary(c: char) -> bool {
-    c.is_whitespace()
-        || matches!(
-            c,
-            '"' | '\'' | '`' | '(' | '[' | '{' | ',' | ';' | ':' | '='
-        )
+    !(c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// A `key = value` pair at the start of `text`: libpq key characters,
@@ -283,7 +262,39 @@ mod tests {
             "host=a password = ******** dbname=x"
         );
         assert_eq!(redact_dsn("password=x"), "password=********");
-        assert_eq!(redact_dsn("host=a mypassword=x"), "host=a mypassword=x");
+        assert_eq!(
+            redact_dsn("host=a application_name=mypassword=x"),
+            "host=a application_name=mypassword=x"
+        );
+        // tokio-postgres knows no `mypassword`: the string does not parse.
+        assert_eq!(
+            redact_dsn("host=a mypassword=x"),
+            "host=******** mypassword=********"
+        );
+        // Broken strings (found by the configuration properties): only
+        // their keys are shown.
+        assert_eq!(
+            redact_dsn("user='a\\b' 'password='Pw-7Hq3Zx' dbname=''"),
+            "user=******** ******** dbname=********"
+        );
+        assert_eq!(
+            redact_dsn("host=a port=10 user='' p=assword='Pw-7Hq3Zx' dbname=''"),
+            "host=******** port=******** user=******** p=******** dbname=********"
+        );
+        assert_eq!(
+            redact_dsn("host=a password=hunter2 secret2"),
+            "host=******** password=******** ********"
+        );
+        assert_eq!(
+            redact_dsn("postgresql://u:pw@h:port/d"),
+            "postgresql://********"
+        );
+        // In messages, the password key is found after any non-key
+        // character.
+        assert_eq!(
+            scrub("user='a' }password='Pw' 'password=x", &[]),
+            "user='a' }password=******** 'password=********"
+        );
     }
 
     #[test]
