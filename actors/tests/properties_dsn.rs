@@ -15,6 +15,20 @@ const SSL_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
 /// Keys whose value tokio-postgres keeps as text, to compare after parsing.
 const TEXT_KEYS: [&str; 5] = ["user", "dbname", "password", "application_name", "options"];
 
+/// A failed case, with the input that failed.
+fn fail(input: &str, e: impl std::fmt::Display) -> TestCaseError {
+    TestCaseError::fail(format!("{input:?}: {e}"))
+}
+
+/// `head?pairs`, or `head` alone.
+fn with_query(head: &str, pairs: &[String]) -> String {
+    if pairs.is_empty() {
+        head.to_string()
+    } else {
+        format!("{head}?{}", pairs.join("&"))
+    }
+}
+
 fn expected_ssl(pairs: &[(String, String)]) -> SslParams {
     let last = |key: &str| {
         pairs
@@ -95,14 +109,14 @@ proptest! {
     #![proptest_config(support::share(0.35))]
     #[test]
     fn ssl_keys_leave_key_value_strings_intact((pairs, dsn) in key_value_dsn()) {
-        let (rest, params) = take_ssl_params(&dsn).map_err(|e| TestCaseError::fail(format!("{dsn:?}: {e}")))?;
+        let (rest, params) = take_ssl_params(&dsn).map_err(|e| fail(&dsn, e))?;
         prop_assert_eq!(&params, &expected_ssl(&pairs));
         // What is left has no ssl key and reads the same again.
         let (again, none) = take_ssl_params(&rest).map_err(TestCaseError::fail)?;
         prop_assert_eq!(&again, &rest);
         prop_assert_eq!(none, SslParams::default());
         // tokio-postgres reads the other values as written.
-        let config: tokio_postgres::Config = rest.parse().map_err(|e| TestCaseError::fail(format!("{rest:?}: {e}")))?;
+        let config: tokio_postgres::Config = rest.parse().map_err(|e| fail(&rest, e))?;
         let last = |key: &str| pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
         prop_assert_eq!(config.get_user(), last("user"));
         prop_assert_eq!(config.get_dbname(), last("dbname"));
@@ -128,7 +142,8 @@ proptest! {
     #![proptest_config(support::share(0.35))]
     #[test]
     fn ssl_keys_leave_uris_decoded(
-        head in "postgres(ql)?://([a-z]{1,6}(:[a-z%0-9]{0,6})?@)?[a-z0-9.]{1,10}(:[0-9]{1,5})?(/[a-z]{0,6})?",
+        head in "postgres(ql)?://([a-z]{1,6}(:[a-z%0-9]{0,6})?@)?[a-z0-9.]{1,10}(:[0-9]{1,5})?\
+                 (/[a-z]{0,6})?",
         pairs in prop::collection::vec(
             (prop_oneof![key(), Just("application_name".to_string())],
              any::<String>().prop_filter("libpq refuses %00", |v| !v.contains('\0')),
@@ -139,19 +154,19 @@ proptest! {
         let mut query = Vec::new();
         let mut kept = Vec::new();
         for (key, value, encode_key, encode_all) in &pairs {
-            let key_text = if *encode_key { utf8_percent_encode(key, NON_ALPHANUMERIC).to_string() } else { key.clone() };
+            let key_text = encoded(key, *encode_key);
             let pair = format!("{key_text}={}", encoded(value, *encode_all));
             if !SSL_KEYS.contains(&key.as_str()) {
                 kept.push(pair.clone());
             }
             query.push(pair);
         }
-        let uri = if query.is_empty() { head.clone() } else { format!("{head}?{}", query.join("&")) };
-        let plain: Vec<(String, String)> = pairs.iter().map(|(k, v, _, _)| (k.clone(), v.clone())).collect();
-        let (rest, params) = take_ssl_params(&uri).map_err(|e| TestCaseError::fail(format!("{uri:?}: {e}")))?;
+        let uri = with_query(&head, &query);
+        let plain: Vec<(String, String)> =
+            pairs.iter().map(|(k, v, _, _)| (k.clone(), v.clone())).collect();
+        let (rest, params) = take_ssl_params(&uri).map_err(|e| fail(&uri, e))?;
         prop_assert_eq!(params, expected_ssl(&plain));
-        let expected_rest = if kept.is_empty() { head } else { format!("{head}?{}", kept.join("&")) };
-        prop_assert_eq!(rest, expected_rest);
+        prop_assert_eq!(rest, with_query(&head, &kept));
     }
 }
 

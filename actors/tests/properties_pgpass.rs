@@ -83,7 +83,10 @@ proptest! {
     #![proptest_config(support::share(0.7))]
     #[test]
     fn first_matching_line_gives_its_password(
-        lines in prop::collection::vec(prop_oneof![3 => entry().prop_map(Ok), 1 => noise().prop_map(Err)], 0..8),
+        lines in prop::collection::vec(
+            prop_oneof![3 => entry().prop_map(Ok), 1 => noise().prop_map(Err)],
+            0..8,
+        ),
         query in (text(), 0u16..3, text(), text()),
         pick in any::<prop::sample::Index>(),
         crlf in any::<bool>(),

@@ -155,7 +155,8 @@ proptest! {
     #![proptest_config(support::share(0.2))]
     #[test]
     fn redact_dsn_masks_the_password_and_nothing_else(
-        (text, expected) in secret().prop_flat_map(|s| prop_oneof![key_value(s.clone(), false), uri(s)])
+        (text, expected) in secret()
+            .prop_flat_map(|s| prop_oneof![key_value(s.clone(), false), uri(s)])
     ) {
         prop_assert_eq!(redact_dsn(&text), expected);
     }
