@@ -29,7 +29,7 @@ async fn collector_sessions(client: &Client) -> i64 {
     client
         .query_one(
             "SELECT count(*) FROM pg_stat_activity \
-             WHERE application_name LIKE 'powa-fleet%'",
+             WHERE application_name LIKE '%powa-fleet%'",
             &[],
         )
         .await
@@ -62,7 +62,7 @@ async fn a_snapshot_waits_on_a_lock(client: &Client) -> bool {
         let n: i64 = client
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity \
-                 WHERE application_name LIKE 'powa-fleet%' AND wait_event_type = 'Lock'",
+                 WHERE application_name LIKE '%powa-fleet%' AND wait_event_type = 'Lock'",
                 &[],
             )
             .await

@@ -66,7 +66,7 @@ async fn collector_tls(client: &Client) -> (i64, i64) {
         .query_one(
             "SELECT count(*), count(*) FILTER (WHERE s.ssl) \
              FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
-             WHERE a.application_name LIKE 'powa-fleet%'",
+             WHERE a.application_name LIKE '%powa-fleet%'",
             &[],
         )
         .await
@@ -304,7 +304,7 @@ async fn client_certificate_authenticates_the_remote_role() {
             "postgres",
             "SELECT string_agg(DISTINCT a.usename || ' ' || s.client_dn, ',') \
              FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
-             WHERE a.application_name LIKE 'powa-fleet%'",
+             WHERE a.application_name LIKE '%powa-fleet%'",
         )
         .unwrap();
     assert_eq!(user, "fleet_cert /CN=fleet_cert", "{}", daemon.log());
