@@ -89,6 +89,7 @@ pub fn plan_database(
                 m.query_source
             ),
             table: m.tmp_table.clone(),
+            skips_hidden_statements: false,
         }
     });
     let catalogs = catalogs
@@ -103,6 +104,7 @@ pub fn plan_database(
                 c.query_source
             ),
             table: c.tmp_table.clone(),
+            skips_hidden_statements: false,
         });
     modules.chain(catalogs).collect()
 }

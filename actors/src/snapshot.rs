@@ -143,6 +143,9 @@ pub struct CopyPlan {
     pub source: String,
     /// The qualified staging table on the repository.
     pub table: String,
+    /// pg_stat_statements' rows: those the remote role cannot see are left
+    /// out and counted (see [`hidden_statements`]).
+    pub skips_hidden_statements: bool,
 }
 
 impl CopyPlan {
@@ -168,15 +171,65 @@ pub fn global_plan(job: &Job<'_>, ds: &Datasource) -> Result<CopyPlan, String> {
     let table = ds
         .staging_table(job.repository)
         .ok_or_else(|| missing("repository"))?;
+    // Rows the remote role may not see cannot be stored (see
+    // `hidden_statements`): leave them out rather than fail the COPY.
+    let statements = ds.query_source == STATEMENTS_SOURCE;
+    let filter = if statements {
+        " WHERE queryid IS NOT NULL"
+    } else {
+        ""
+    };
     Ok(CopyPlan {
         name: ds.module.clone(),
         source: format!(
-            "COPY (SELECT {}, * FROM {function}(0)) TO STDOUT",
+            "COPY (SELECT {}, * FROM {function}(0){filter}) TO STDOUT",
             job.srvid
         ),
         source_label: format!("{function}(0)"),
         table,
+        skips_hidden_statements: statements,
     })
+}
+
+/// The source function of pg_stat_statements' rows. A remote role that is not a
+/// member of `pg_read_all_stats` sees other roles' statements with a NULL
+/// `queryid`; PoWA's staging table cannot hold such a row, and one of them
+/// would fail the whole COPY (the reference loses every statement then:
+/// powa-team/powa#198).
+const STATEMENTS_SOURCE: &str = "powa_statements_src";
+
+/// How many statements `plan` left out because the remote role cannot see
+/// their `queryid`: counted only when the role lacks `pg_read_all_stats`
+/// (superusers have it), so a well-granted role pays nothing.
+async fn hidden_statements(
+    remote_silence: Duration,
+    remote_tx: &Transaction<'_>,
+    plan: &CopyPlan,
+    report: &mut SnapshotReport,
+) -> Result<(), SnapshotError> {
+    let sql = format!(
+        "SELECT CASE WHEN pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE') THEN 0 \
+         ELSE (SELECT pg_catalog.count(*) FROM {} WHERE queryid IS NULL) END",
+        plan.source_label
+    );
+    let what = "counting hidden statements";
+    match on_remote(remote_silence, what, remote_tx.query_one(&sql, &[])).await? {
+        Ok(row) => {
+            let hidden: i64 = row.get(0);
+            if hidden > 0 {
+                report.errors.push(format!(
+                    "{}: {hidden} statements of other roles not copied: the remote role \
+                     sees them with a NULL queryid (grant it pg_read_all_stats)",
+                    plan.name
+                ));
+            }
+        }
+        Err(e) if is_lost(&e) => return Err(remote(what)(e)),
+        Err(e) => report
+            .warnings
+            .push(format!("{}: {what}: {}", plan.name, pg_message(&e))),
+    }
+    Ok(())
 }
 
 /// Take one snapshot of `job.srvid` (SPEC steps 1–7, and on PoWA 5 the
@@ -358,6 +411,9 @@ pub(crate) async fn copy_one(
     .await;
     match piped {
         Ok(copied) => {
+            if plan.skips_hidden_statements {
+                hidden_statements(remote_silence, &remote_sp, plan, report).await?;
+            }
             let what = "releasing a savepoint";
             on_remote(remote_silence, what, remote_sp.commit())
                 .await?
@@ -500,7 +556,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             plan.source,
-            "COPY (SELECT 7, * FROM public.\"powa_statements_src\"(0)) TO STDOUT"
+            "COPY (SELECT 7, * FROM public.\"powa_statements_src\"(0) WHERE queryid IS NOT NULL) TO STDOUT"
         );
         assert_eq!(plan.table, "public.\"powa_statements_src_tmp\"");
         assert_eq!(
