@@ -203,7 +203,7 @@ const STATEMENTS_SOURCE: &str = "powa_statements_src";
 /// (superusers have it), so a well-granted role pays nothing.
 async fn hidden_statements(
     remote_silence: Duration,
-    remote_tx: &Transaction<'_>,
+    remote_tx: &mut Transaction<'_>,
     plan: &CopyPlan,
     report: &mut SnapshotReport,
 ) -> Result<(), SnapshotError> {
@@ -212,8 +212,18 @@ async fn hidden_statements(
          ELSE (SELECT pg_catalog.count(*) FROM {} WHERE queryid IS NULL) END",
         plan.source_label
     );
+    // Under its own savepoint: a failed count (a timeout) must not abort
+    // the copy it follows.
+    let what = "opening a savepoint";
+    let sp = on_remote(
+        remote_silence,
+        what,
+        remote_tx.savepoint("powa_fleet_hidden"),
+    )
+    .await?
+    .map_err(remote(what))?;
     let what = "counting hidden statements";
-    match on_remote(remote_silence, what, remote_tx.query_one(&sql, &[])).await? {
+    match on_remote(remote_silence, what, sp.query_one(&sql, &[])).await? {
         Ok(row) => {
             let hidden: i64 = row.get(0);
             if hidden > 0 {
@@ -223,11 +233,21 @@ async fn hidden_statements(
                     plan.name
                 ));
             }
+            let what = "releasing a savepoint";
+            on_remote(remote_silence, what, sp.commit())
+                .await?
+                .map_err(remote(what))?;
         }
         Err(e) if is_lost(&e) => return Err(remote(what)(e)),
-        Err(e) => report
-            .warnings
-            .push(format!("{}: {what}: {}", plan.name, pg_message(&e))),
+        Err(e) => {
+            report
+                .warnings
+                .push(format!("{}: {what}: {}", plan.name, pg_message(&e)));
+            let what = "rolling back a savepoint";
+            on_remote(remote_silence, what, sp.rollback())
+                .await?
+                .map_err(remote(what))?;
+        }
     }
     Ok(())
 }
@@ -393,7 +413,7 @@ pub(crate) async fn copy_one(
     observer: &mut dyn FnMut(Step),
 ) -> Result<bool, SnapshotError> {
     let what = "opening a savepoint";
-    let remote_sp = on_remote(remote_silence, what, remote_tx.savepoint("powa_fleet_src"))
+    let mut remote_sp = on_remote(remote_silence, what, remote_tx.savepoint("powa_fleet_src"))
         .await?
         .map_err(remote(what))?;
     let repo_sp = repo_tx
@@ -412,7 +432,7 @@ pub(crate) async fn copy_one(
     match piped {
         Ok(copied) => {
             if plan.skips_hidden_statements {
-                hidden_statements(remote_silence, &remote_sp, plan, report).await?;
+                hidden_statements(remote_silence, &mut remote_sp, plan, report).await?;
             }
             let what = "releasing a savepoint";
             on_remote(remote_silence, what, remote_sp.commit())
