@@ -10,6 +10,7 @@ pub mod fault;
 pub mod gate;
 pub mod layout;
 pub mod listener;
+pub mod liveness;
 pub mod per_database;
 pub mod pgpass;
 pub mod protocol;
