@@ -39,6 +39,9 @@ pub struct GlobalArgs {
     /// Snapshots allowed to run at once, fleet-wide
     #[arg(long, global = true, value_name = "N")]
     pub max_concurrent_snapshots: Option<usize>,
+    /// Serve /metrics, /healthz and /readyz on this address:port
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub http_listen: Option<String>,
 }
 
 impl GlobalArgs {
@@ -50,6 +53,7 @@ impl GlobalArgs {
             log_format: self.log_format.clone(),
             log_file: self.log_file.clone(),
             max_concurrent_snapshots: self.max_concurrent_snapshots,
+            http_listen: self.http_listen.clone(),
         }
     }
 }

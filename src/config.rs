@@ -95,6 +95,25 @@ pub struct Config {
     pub restart: RestartSection,
     #[serde(default)]
     pub shutdown: ShutdownSection,
+    #[serde(default)]
+    pub http: HttpSection,
+}
+
+/// The HTTP endpoint (`/metrics`, `/healthz`, `/readyz`), off unless
+/// `listen` is set.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// `address:port` to listen on, e.g. `127.0.0.1:9188`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+impl HttpSection {
+    /// The address to listen on, validated at load.
+    pub fn address(&self) -> Option<std::net::SocketAddr> {
+        self.listen.as_deref().and_then(|l| l.parse().ok())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -231,6 +250,7 @@ pub struct Flags {
     pub log_format: Option<String>,
     pub log_file: Option<PathBuf>,
     pub max_concurrent_snapshots: Option<usize>,
+    pub http_listen: Option<String>,
 }
 
 impl Flags {
@@ -259,6 +279,9 @@ impl Flags {
         }
         if let Some(n) = self.max_concurrent_snapshots {
             section("snapshots", "max_concurrent", n.into());
+        }
+        if let Some(listen) = &self.http_listen {
+            section("http", "listen", listen.clone().into());
         }
         if self.debug {
             root.insert("debug".into(), true.into());
@@ -499,6 +522,14 @@ fn validate(config: &Config, figment: &Figment, file: Option<String>) -> Result<
     if let Some(dsn) = &config.repository.dsn {
         if let Err(e) = repository_config(dsn) {
             return Err(bad("repository.dsn", format!("does not parse: {e}")));
+        }
+    }
+    if let Some(listen) = &config.http.listen {
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad(
+                "http.listen",
+                format!("is {listen:?}, expected address:port such as 127.0.0.1:9188"),
+            ));
         }
     }
     if config.snapshots.max_concurrent == 0 {
@@ -757,6 +788,10 @@ mod tests {
                     "repository.dsn",
                 ),
                 ("[repository\ndsn = 'x'\n", "fleet.toml"),
+                (
+                    "[repository]\ndsn = 'host=a'\n[http]\nlisten = 'localhost'\n",
+                    "http.listen",
+                ),
             ];
             for (text, needle) in cases {
                 jail.create_file("fleet.toml", text)?;

@@ -15,7 +15,9 @@ mod client;
 mod config;
 mod daemon;
 mod demo;
+mod http;
 mod logging;
+mod notify;
 
 use std::process::ExitCode;
 

@@ -24,6 +24,8 @@ use tokio_postgres::{AsyncMessage, Client, Notification};
 use crate::connect::prepare_repository;
 use crate::error::{backoff_delay, classify};
 use crate::layout::{Generation, Layout};
+use crate::liveness::Component;
+use crate::probes::Probes;
 use crate::protocol::{self, Answer, Command, Request};
 use crate::repository::quote_literal;
 use crate::settings::Settings;
@@ -119,6 +121,7 @@ pub struct Listener {
     session: Option<Session>,
     failures: u32,
     in_flight: Rc<Cell<usize>>,
+    probes: Probes,
 }
 
 /// The live LISTEN session.
@@ -144,7 +147,20 @@ impl Listener {
             session: None,
             failures: 0,
             in_flight: Rc::new(Cell::new(0)),
+            probes: Probes::default(),
         }
+    }
+
+    /// Beat into these probes' liveness, say in their readiness whether
+    /// the session is up, count commands in their metrics.
+    pub fn with_probes(mut self, probes: Probes) -> Listener {
+        self.probes = probes;
+        self
+    }
+
+    fn session_down(&self) {
+        self.probes.readiness.set_listening(false);
+        self.probes.readiness.set_repository(false);
     }
 }
 
@@ -152,6 +168,7 @@ impl Actor for Listener {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.probes.liveness.keep_beating(Component::Listener, ctx);
         let delay = match self.failures {
             0 => Duration::ZERO,
             n => backoff_delay(
@@ -169,6 +186,7 @@ impl Actor for Listener {
 
 impl Supervised for Listener {
     fn restarting(&mut self, _: &mut Context<Self>) {
+        self.session_down();
         self.session = None;
         self.failures = self.failures.saturating_add(1);
     }
@@ -234,6 +252,8 @@ impl Handler<Connect> for Listener {
                 .map(move |result, act, ctx| match result {
                     Ok(rule) => {
                         info!(act.logger, "listening for commands"; "channel" => protocol::LISTEN_CHANNEL);
+                        act.probes.readiness.set_repository(true);
+                        act.probes.readiness.set_listening(true);
                         act.session = Some(Session {
                             client,
                             permission_sql: rule.sql().into(),
@@ -298,6 +318,9 @@ impl Listener {
         if self.in_flight.get() >= MAX_IN_FLIGHT {
             warn!(self.logger, "too many commands in flight, refusing one"; "sender_pid" => sender_pid);
             if let Some(request) = &request {
+                self.probes
+                    .metrics
+                    .command(request.command.kind().as_str(), "REFUSED");
                 if let Some(channel) = request.reply_to.channel() {
                     let answer =
                         Answer::error(request.command.kind(), "Too many requests, retry later");
@@ -305,6 +328,9 @@ impl Listener {
                 }
             }
             return;
+        }
+        if request.is_none() {
+            self.probes.metrics.command("INVALID", "ERROR");
         }
         if let Some((channel, answer)) = answer_now {
             self.spawn_answer(session, channel, answer, ctx);
@@ -316,6 +342,7 @@ impl Listener {
         let supervisor = self.supervisor.clone();
         let status = self.status.clone();
         let logger = self.logger.clone();
+        let metrics = self.probes.metrics.clone();
         ctx.spawn(
             async move {
                 let answers = execute(
@@ -327,6 +354,9 @@ impl Listener {
                     &logger,
                 )
                 .await;
+                if let Some(first) = answers.first() {
+                    metrics.command(request.command.kind().as_str(), first.status().as_str());
+                }
                 if let Some(channel) = request.reply_to.channel() {
                     // One session sends them in order.
                     for answer in &answers {

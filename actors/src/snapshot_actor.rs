@@ -34,7 +34,7 @@ use crate::schedule;
 use crate::server::{ServerSpec, SrvId};
 use crate::settings::Settings;
 use crate::snapshot::{take_snapshot, CatalogRefresh, Job, OpenDatabase, SnapshotError, Step};
-use crate::status::{Report, StatusActor, WorkerReport, WorkerState};
+use crate::status::{Report, SnapshotFailed, StatusActor, WorkerReport, WorkerState};
 
 /// A forced snapshot is refused when the last one is this recent.
 const FORCE_MIN_INTERVAL: Duration = Duration::from_secs(10);
@@ -632,6 +632,7 @@ impl Handler<Due> for SnapshotActor {
                 matches!(&result, Ok((_, _, Ok(report))) if report.not_recorded.is_none());
             if !recorded {
                 act.catalogs.merge(catalogs_asked);
+                act.shared.status.do_send(SnapshotFailed(srvid));
             }
             match result {
                 Ok((remote, waited, Ok(report))) => {

@@ -21,6 +21,8 @@ use slog::{error, info, Logger};
 use thiserror::Error;
 
 use crate::gate::Gate;
+use crate::liveness::Component;
+use crate::probes::Probes;
 use crate::repo_pool::RepoPool;
 use crate::repository;
 use crate::server::{ServerSpec, SrvId};
@@ -89,6 +91,7 @@ pub struct Supervisor {
     next_arbiter: usize,
     logger: Logger,
     stopping: bool,
+    probes: Probes,
 }
 
 impl Supervisor {
@@ -118,7 +121,16 @@ impl Supervisor {
             next_arbiter: 0,
             logger,
             stopping: false,
+            probes: Probes::default(),
         }
+    }
+
+    /// Beat into these probes' liveness, mark the server list loaded in
+    /// their readiness, export reloads and snapshot slots in their metrics.
+    pub fn with_probes(mut self, probes: Probes) -> Supervisor {
+        probes.metrics.watch_gate(self.shared.gate.clone());
+        self.probes = probes;
+        self
     }
 
     fn start_actor(&mut self, spec: ServerSpec) {
@@ -183,6 +195,9 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.probes
+            .liveness
+            .keep_beating(Component::Supervisor, ctx);
         // Start-up is a reload from an empty registry.
         ctx.notify(InitialLoad);
     }
@@ -248,6 +263,11 @@ impl Handler<Reload> for Supervisor {
                 act.settings = settings;
                 act.apply(servers)
             });
+            act.probes.metrics.reload(outcome.is_ok());
+            if outcome.is_ok() {
+                act.probes.readiness.set_servers_loaded();
+            }
+            act.probes.readiness.reload_done();
             match &outcome {
                 Ok(o) => info!(act.logger, "fleet reloaded";
                     "started" => format!("{:?}", o.started), "stopped" => format!("{:?}", o.stopped),
