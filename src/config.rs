@@ -594,6 +594,22 @@ fn source_label(key: &str, metadata: &Metadata) -> String {
     }
 }
 
+/// The settings changed from `running` to `new` that a reload cannot
+/// apply (threads and the session pool are sized at start).
+pub fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
+    let mut names = Vec::new();
+    if new.snapshots.worker_threads != running.snapshots.worker_threads {
+        names.push("snapshots.worker_threads".to_string());
+    }
+    if new.snapshots.max_concurrent > running.snapshots.max_concurrent {
+        names.push(format!(
+            "snapshots.max_concurrent above {} (the repository session pool is sized at start)",
+            running.snapshots.max_concurrent
+        ));
+    }
+    names
+}
+
 fn secs(value: f64) -> Duration {
     Duration::from_secs_f64(value)
 }
@@ -854,6 +870,21 @@ mod tests {
             assert!(err.to_string().contains("sslmode"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn settings_sized_at_start_need_a_restart() {
+        let running = Config::default();
+        let mut new = running.clone();
+        new.snapshots.max_concurrent = 1;
+        new.http.listen = Some("127.0.0.1:9188".into());
+        assert!(restart_needed(&running, &new).is_empty());
+        new.snapshots.worker_threads = 3;
+        new.snapshots.max_concurrent = 8;
+        let names = restart_needed(&running, &new);
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(names[0], "snapshots.worker_threads");
+        assert!(names[1].starts_with("snapshots.max_concurrent above 2"));
     }
 
     #[test]

@@ -59,15 +59,27 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
         let (http_tx, mut http_rx) = tokio::sync::mpsc::unbounded_channel();
         let reload_systemd = systemd.clone();
         let reload_probes = probes.clone();
+        let started_with = loaded.config.clone();
         let reloader = Box::new(move || {
             reload_systemd.reloading(&reload_probes, &reload_logger);
             match config::load(&sources) {
                 Ok(loaded) => {
                     logging.set_level(loaded.log_level());
+                    let new = &loaded.config;
+                    let mut restart_needed = config::restart_needed(&started_with, new);
+                    match logging.reload(new.log.format, new.log.file.as_deref()) {
+                        Ok(names) => restart_needed.extend(names.into_iter().map(String::from)),
+                        Err(e) => warn!(reload_logger,
+                            "log file not reopened, the current one is kept"; "error" => %e),
+                    }
+                    if !restart_needed.is_empty() {
+                        warn!(reload_logger, "changed settings wait for a restart";
+                            "settings" => restart_needed.join(", "));
+                    }
                     let settings = loaded.settings();
                     let _ = settings_tx.send(Arc::new(settings.clone()));
-                    let _ = http_tx.send(loaded.config.http.address());
-                    Ok(settings)
+                    let _ = http_tx.send(new.http.address());
+                    Ok((settings, restart_needed))
                 }
                 Err(e) => {
                     warn!(reload_logger, "configuration not reloaded"; "error" => %e);

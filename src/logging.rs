@@ -2,7 +2,6 @@
 //! file, through an asynchronous drain that blocks rather than drop a line.
 //! The level can change at run time (on reload) without rebuilding loggers.
 
-use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use slog::{o, Drain, Level, Logger};
 
 use crate::config::{ConfigError, LogFormat};
+use crate::logfile::ReopenableFile;
 
 /// A drain that passes records at or above a level that can change.
 struct RuntimeLevel<D> {
@@ -40,6 +40,9 @@ impl<D: Drain> Drain for RuntimeLevel<D> {
 pub struct Logging {
     pub logger: Logger,
     level: Arc<AtomicUsize>,
+    /// The log file, reopened at each reload (SIGHUP after a rotation).
+    file: Option<ReopenableFile>,
+    format: LogFormat,
     // Flushes the asynchronous drain when the last clone goes.
     _guard: Arc<Mutex<Option<slog_async::AsyncGuard>>>,
 }
@@ -50,17 +53,16 @@ impl Logging {
         format: LogFormat,
         file: Option<&Path>,
     ) -> Result<Logging, ConfigError> {
-        let writer: Box<dyn std::io::Write + Send> = match file {
-            Some(path) => Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| ConfigError::LogFile {
-                        path: path.display().to_string(),
-                        reason: e.to_string(),
-                    })?,
-            ),
+        let file = file
+            .map(|path| {
+                ReopenableFile::open(path).map_err(|e| ConfigError::LogFile {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?;
+        let writer: Box<dyn std::io::Write + Send> = match &file {
+            Some(file) => Box::new(file.clone()),
             None => Box::new(std::io::stderr()),
         };
         let drain: Box<dyn Drain<Ok = (), Err = slog::Never> + Send> = match format {
@@ -87,12 +89,36 @@ impl Logging {
         Ok(Logging {
             logger: Logger::root(drain.fuse(), o!()),
             level: level_cell,
+            file,
+            format,
             _guard: Arc::new(Mutex::new(Some(guard))),
         })
     }
 
     pub fn set_level(&self, level: Level) {
         self.level.store(level.as_usize(), Ordering::Relaxed);
+    }
+
+    /// Apply a reloaded `[log]` section: the file is reopened (by the same
+    /// name after a rotation, or the new one). What cannot change without
+    /// a restart (the format, stderr to a file or back) is returned.
+    pub fn reload(
+        &self,
+        format: LogFormat,
+        file: Option<&Path>,
+    ) -> Result<Vec<&'static str>, String> {
+        let mut restart = Vec::new();
+        if format != self.format {
+            restart.push("log.format");
+        }
+        match (&self.file, file) {
+            (Some(current), Some(path)) => current
+                .reopen(path)
+                .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?,
+            (None, None) => {}
+            _ => restart.push("log.file"),
+        }
+        Ok(restart)
     }
 
     /// Flush what is queued (before exiting).

@@ -16,6 +16,7 @@ mod config;
 mod daemon;
 mod demo;
 mod http;
+mod logfile;
 mod logging;
 mod notify;
 

@@ -435,3 +435,76 @@ async fn a_wedged_actor_fails_healthz_stops_the_watchdog_and_ends_the_process() 
     assert!(log.contains("exiting: an actor is wedged or dead"), "{log}");
     assert!(log.contains("the status actor has not run for"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_reopens_the_log_moves_the_endpoint_and_names_what_needs_a_restart() {
+    let fleet = fleet(1);
+    fleet.register(0, 5, None).unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("fleet.log");
+    let first = free_address();
+    let section = |listen: &str, threads: usize| {
+        format!(
+            "{FAST}[snapshots]\nworker_threads = {threads}\n[log]\nfile = \"{}\"\n[http]\nlisten = \"{listen}\"\n",
+            log.display()
+        )
+    };
+    let mut daemon = Daemon::start(Path::new(BIN), &fleet.repository_dsn(), &section(&first, 1))
+        .expect("daemon starts");
+    let started = eventually(Duration::from_secs(20), || async {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("listening for commands"))
+    })
+    .await;
+    assert!(started, "{}", daemon.log());
+
+    // logrotate without copytruncate: rename, then SIGHUP.
+    let rotated = logs.path().join("fleet.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    daemon.signal(Signal::SIGHUP);
+    let reopened = eventually(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("fleet reloaded"))
+    })
+    .await;
+    assert!(reopened, "no new log file after SIGHUP: {}", daemon.log());
+    assert!(std::fs::read_to_string(&rotated)
+        .unwrap()
+        .contains("SIGHUP received"));
+
+    // A new address and a setting sized at start, through RELOAD.
+    let second = free_address();
+    let config = daemon.config_path();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(&section(&first, 1), &section(&second, 3));
+    std::fs::write(&config, text).unwrap();
+    let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
+    let answer = client.ask("RELOAD", "", Duration::from_secs(10)).await;
+    assert_eq!(
+        answer.as_deref(),
+        Some("RELOAD OK OK; restart needed for: snapshots.worker_threads"),
+        "{}",
+        daemon.log()
+    );
+    let moved = eventually(Duration::from_secs(10), || async {
+        get(&second, "/healthz", None).is_some_and(|(code, _)| code == 200)
+    })
+    .await;
+    assert!(
+        moved,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(&first, "/healthz", None).is_none()
+        })
+        .await,
+        "the old address still answers"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("changed settings wait for a restart")
+            && text.contains("snapshots.worker_threads"),
+        "{text}"
+    );
+    assert!(daemon.is_alive());
+}

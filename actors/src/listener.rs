@@ -498,7 +498,8 @@ async fn execute_one(
     let word = request.command.kind();
     match &request.command {
         Command::Reload => match supervisor.send(Reload).await {
-            Ok(Ok(_)) => Answer::reload_done(),
+            Ok(Ok(outcome)) if outcome.restart_needed.is_empty() => Answer::reload_done(),
+            Ok(Ok(outcome)) => Answer::reload_done_but_restart_needed(&outcome.restart_needed),
             Ok(Err(e)) => Answer::error(word, e.to_string()),
             Err(_) => Answer::error(word, "The collector is stopping"),
         },

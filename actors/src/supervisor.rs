@@ -33,8 +33,9 @@ use crate::snapshot_actor::{
 use crate::status::{Forget, StatusActor};
 
 /// Re-reads the configuration file (and applies what the binary owns, such
-/// as the log level). An error keeps the running configuration.
-pub type ConfigReloader = Box<dyn FnMut() -> Result<Settings, String>>;
+/// as the log level), with the changed settings that only a restart
+/// applies. An error keeps the running configuration.
+pub type ConfigReloader = Box<dyn FnMut() -> Result<(Settings, Vec<String>), String>>;
 
 /// Re-read the configuration and the server list, apply the difference.
 #[derive(Message)]
@@ -48,6 +49,8 @@ pub struct ReloadOutcome {
     pub stopped: Vec<SrvId>,
     pub restarted: Vec<SrvId>,
     pub refreshed: Vec<SrvId>,
+    /// Changed settings that only a restart applies.
+    pub restart_needed: Vec<String>,
 }
 
 #[derive(Debug, Error, Clone)]
@@ -237,7 +240,7 @@ impl Handler<Reload> for Supervisor {
         let config = (self.reload_config)();
         let pool = self.shared.pool.clone();
         let fut = async move {
-            let settings = config.map_err(ReloadError::Config)?;
+            let (settings, restart_needed) = config.map_err(ReloadError::Config)?;
             crate::tls::forget_configs();
             let repo = pool
                 .get()
@@ -246,12 +249,12 @@ impl Handler<Reload> for Supervisor {
             let servers = repository::list_servers(&repo, repo.layout())
                 .await
                 .map_err(|e| ReloadError::Repository(e.to_string()))?;
-            Ok((settings, servers))
+            Ok((settings, restart_needed, servers))
         };
         // Reloads are applied one at a time, in order.
         let (tx, rx) = tokio::sync::oneshot::channel();
         ctx.wait(fut.into_actor(self).map(move |result, act, _| {
-            let outcome = result.map(|(settings, servers)| {
+            let outcome = result.map(|(settings, restart_needed, servers)| {
                 if act.stopping {
                     return ReloadOutcome::default();
                 }
@@ -261,7 +264,10 @@ impl Handler<Reload> for Supervisor {
                     .set_capacity(settings.max_concurrent_snapshots);
                 act.shared.pool.set_settings(settings.clone());
                 act.settings = settings;
-                act.apply(servers)
+                ReloadOutcome {
+                    restart_needed,
+                    ..act.apply(servers)
+                }
             });
             act.probes.metrics.reload(outcome.is_ok());
             if outcome.is_ok() {
