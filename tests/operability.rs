@@ -131,6 +131,49 @@ fn parse(exposition: &str, openmetrics: bool) -> Result<Vec<(String, String, usi
         .collect())
 }
 
+/// Every metric name in the expressions of conf/grafana-dashboard.json.
+fn dashboard_metrics() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() > 10, "{exprs:?}");
+    let mut names: Vec<String> = Vec::new();
+    for expr in exprs {
+        let mut rest = expr.as_str();
+        while let Some(at) = rest.find(|c: char| c.is_ascii_lowercase()) {
+            rest = &rest[at..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            let word = &rest[..end];
+            if word.starts_with("powa_fleet_") || word.starts_with("process_") {
+                names.push(word.to_string());
+            }
+            rest = &rest[end..];
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr" | "query", serde_json::Value::String(e)) => out.push(e.clone()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
 /// The value of the first sample line starting with `prefix`.
 fn sample(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
@@ -189,6 +232,14 @@ async fn metrics_health_and_readiness_over_http() {
                 .iter()
                 .any(|(n, _, samples)| n == name && *samples > 0),
             "{name} missing from\n{text}"
+        );
+    }
+    // Every metric the Grafana dashboard names is exported.
+    for name in dashboard_metrics() {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&name) && l[name.len()..].starts_with(['{', ' '])),
+            "the dashboard uses {name}, not in\n{text}"
         );
     }
     let escaped = r#"server="we\"ird\\alias""#;
