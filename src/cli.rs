@@ -86,6 +86,12 @@ pub enum Command {
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
     },
+    /// Write the man page and shell completions into a directory (packaging)
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Where to write powa-fleet.1 and completions/
+        dir: PathBuf,
+    },
     /// Ask a running collector to take a snapshot of one server now
     Snapshot {
         srvid: i32,

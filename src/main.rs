@@ -9,6 +9,7 @@
 //! - 2: configuration or usage error (nothing was started);
 //! - 3: a client command got no answer, or an `ERROR` answer.
 
+mod assets;
 mod check;
 mod cli;
 mod client;
@@ -38,6 +39,15 @@ fn main() -> ExitCode {
     if let Command::Demo = command {
         return demo::run();
     }
+    if let Command::GenerateAssets { dir } = &command {
+        return match assets::write(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("powa-fleet: cannot write to {}: {e}", dir.display());
+                ExitCode::from(1)
+            }
+        };
+    }
     let loaded = match config::load(&sources) {
         Ok(loaded) => loaded,
         Err(e) => return config_error(e),
@@ -64,7 +74,7 @@ fn main() -> ExitCode {
         Command::Snapshot { srvid, timeout } => {
             client::snapshot(&loaded.settings(), srvid, timeout)
         }
-        Command::Demo => unreachable!("handled above"),
+        Command::Demo | Command::GenerateAssets { .. } => unreachable!("handled above"),
     }
 }
 
