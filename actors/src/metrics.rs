@@ -370,40 +370,35 @@ fn unix_seconds(at: SystemTime) -> f64 {
 /// counters are declared by their sample name (`x_total`), info metrics
 /// become gauges, and there is no `# UNIT` or `# EOF` line.
 pub fn openmetrics_to_text(openmetrics: &str) -> String {
+    // Families whose declared name differs from their samples' prefix.
+    let renamed: HashMap<&str, &str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.rsplit_once(' '))
+        .filter_map(|(name, kind)| match kind {
+            "counter" => Some((name, "_total")),
+            "info" => Some((name, "_info")),
+            _ => None,
+        })
+        .collect();
     let mut out = String::with_capacity(openmetrics.len());
     for line in openmetrics.lines() {
         if line == "# EOF" || line.starts_with("# UNIT ") {
             continue;
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
-            match rest.rsplit_once(' ') {
-                Some((name, "counter")) => {
-                    let _ = writeln!(out, "# TYPE {name}_total counter");
+            if let Some((name, kind)) = rest.rsplit_once(' ') {
+                if let Some(suffix) = renamed.get(name) {
+                    let kind = if kind == "info" { "gauge" } else { kind };
+                    let _ = writeln!(out, "# TYPE {name}{suffix} {kind}");
                     continue;
                 }
-                Some((name, "info")) => {
-                    let _ = writeln!(out, "# TYPE {name}_info gauge");
-                    continue;
-                }
-                _ => {}
             }
         }
         if let Some(rest) = line.strip_prefix("# HELP ") {
             if let Some((name, help)) = rest.split_once(' ') {
-                let kind = openmetrics.lines().find_map(|l| {
-                    l.strip_prefix(&format!("# TYPE {name} "))
-                        .map(str::to_string)
-                });
-                match kind.as_deref() {
-                    Some("counter") => {
-                        let _ = writeln!(out, "# HELP {name}_total {help}");
-                        continue;
-                    }
-                    Some("info") => {
-                        let _ = writeln!(out, "# HELP {name}_info {help}");
-                        continue;
-                    }
-                    _ => {}
+                if let Some(suffix) = renamed.get(name) {
+                    let _ = writeln!(out, "# HELP {name}{suffix} {help}");
+                    continue;
                 }
             }
         }
