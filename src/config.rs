@@ -873,6 +873,36 @@ mod tests {
     }
 
     #[test]
+    fn http_listen_from_file_environment_or_flag() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "fleet.toml",
+                "[repository]\ndsn = 'host=a'\n[http]\nlisten = '127.0.0.1:9188'\n",
+            )?;
+            let address = |flags: Flags| {
+                load(&sources(Some("fleet.toml"), flags))
+                    .unwrap()
+                    .config
+                    .http
+                    .address()
+                    .map(|a| a.to_string())
+            };
+            assert_eq!(address(Flags::default()).as_deref(), Some("127.0.0.1:9188"));
+            jail.set_env("POWA_FLEET_HTTP__LISTEN", "127.0.0.2:9000");
+            assert_eq!(address(Flags::default()).as_deref(), Some("127.0.0.2:9000"));
+            let flag = Flags {
+                http_listen: Some("[::1]:9188".into()),
+                ..Flags::default()
+            };
+            assert_eq!(address(flag).as_deref(), Some("[::1]:9188"));
+            jail.create_file("fleet.toml", "[repository]\ndsn = 'host=a'\n")?;
+            jail.clear_env();
+            assert_eq!(address(Flags::default()), None);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn settings_sized_at_start_need_a_restart() {
         let running = Config::default();
         let mut new = running.clone();
