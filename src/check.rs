@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures_util::{stream, StreamExt};
 use powa_fleet_actors::connect::{connect_remote, connect_repository, describe, repository_config};
 use powa_fleet_actors::layout::Generation;
+use powa_fleet_actors::privileges;
 use powa_fleet_actors::redact::scrub;
 use powa_fleet_actors::repository::{self, Datasource, PowaVersion};
 use powa_fleet_actors::server::ServerSpec;
@@ -148,7 +149,7 @@ async fn check_repository(settings: &Settings) -> Result<Repository, String> {
         problems.push(e.to_string());
     }
     let channel = format!("powa_fleet_check_{}", std::process::id());
-    let commands = match repository::try_listen_notify(client, &channel).await {
+    let commands = match privileges::try_listen_notify(client, &channel).await {
         Ok(()) => "commands: LISTEN and NOTIFY allowed".to_string(),
         Err(e) => {
             problems.push(format!("cannot answer commands: {e}"));
@@ -156,7 +157,7 @@ async fn check_repository(settings: &Settings) -> Result<Repository, String> {
         }
     };
     let layout = &session.layout;
-    let mut missing = repository::repository_missing_privileges(client, layout)
+    let mut missing = privileges::repository_missing_privileges(client, layout)
         .await
         .map_err(|e| e.to_string())?;
     let specs = repository::list_servers(client, layout)
@@ -183,7 +184,7 @@ async fn check_repository(settings: &Settings) -> Result<Repository, String> {
             // Only the staging tables matter here, not the queries, which
             // follow each server's PostgreSQL version.
             tables.extend(
-                repository::per_database_staging(client, layout, spec.srvid)
+                privileges::per_database_staging(client, layout, spec.srvid)
                     .await
                     .map_err(|e| e.to_string())?,
             );
@@ -199,7 +200,7 @@ async fn check_repository(settings: &Settings) -> Result<Repository, String> {
     }
     let tables: Vec<String> = tables.into_iter().collect();
     missing.extend(
-        repository::staging_missing_privileges(client, &tables)
+        privileges::staging_missing_privileges(client, &tables)
             .await
             .map_err(|e| e.to_string())?,
     );
@@ -268,7 +269,7 @@ async fn check_remote(
             names.insert(format!("hypopg {version} (available)"));
         }
     }
-    let missing = repository::remote_missing_privileges(remote, &session.layout, datasources)
+    let missing = privileges::remote_missing_privileges(remote, &session.layout, datasources)
         .await
         .map_err(|e| e.to_string())?;
     let privileges = if missing.is_empty() {

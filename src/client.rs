@@ -2,7 +2,8 @@
 //! collector through the repository exactly as powa-web does — LISTEN on a
 //! private channel, NOTIFY `powa_collector`, wait for the answer whose first
 //! word is the command — keeping the session open until then, since the
-//! collector checks the sender's role through it.
+//! collector checks the sender's role through it. The text of requests and
+//! answers is the engine's `protocol` module's, as for the daemon.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,6 +11,9 @@ use std::time::Duration;
 use futures_util::stream::poll_fn;
 use futures_util::StreamExt;
 use powa_fleet_actors::connect::prepare_repository;
+use powa_fleet_actors::protocol::{
+    Answer, Command, CommandKind, FleetPart, ReplyTo, Request, Status, LISTEN_CHANNEL,
+};
 use powa_fleet_actors::settings::Settings;
 use tokio_postgres::AsyncMessage;
 
@@ -19,28 +23,17 @@ const EXIT_NO_ANSWER: u8 = 3;
 const EXIT_RUNTIME: u8 = 1;
 
 enum Outcome {
-    /// The status word and the data of each answer (several for
+    /// The status and the data of each answer (several for
     /// FLEET_STATUS, in order).
     Answer {
-        status: String,
+        status: Status,
         data: Vec<String>,
     },
     NoAnswer,
 }
 
-/// `(part, parts)` of a `FLEET_STATUS` answer's data `"<part>/<parts> ..."`.
-fn part_of(data: &str) -> Option<(usize, usize)> {
-    let (counter, _) = data.split_once(' ')?;
-    let (part, parts) = counter.split_once('/')?;
-    Some((part.parse().ok()?, parts.parse().ok()?))
-}
-
-async fn ask(
-    settings: &Settings,
-    command: &str,
-    args: &str,
-    timeout: Duration,
-) -> Result<Outcome, String> {
+async fn ask(settings: &Settings, command: Command, timeout: Duration) -> Result<Outcome, String> {
+    let kind = command.kind();
     let (config, tls) = prepare_repository(settings, "client").map_err(|e| e.to_string())?;
     let (client, mut connection) = config
         .connect(tls)
@@ -60,11 +53,15 @@ async fn ask(
         .batch_execute(&format!("LISTEN {channel}"))
         .await
         .map_err(|e| format!("LISTEN failed: {e}"))?;
-    let payload = format!("{command} {channel} {args}");
+    let payload = Request {
+        reply_to: ReplyTo::Channel(channel.clone()),
+        command,
+    }
+    .encode();
     client
         .execute(
-            "SELECT pg_catalog.pg_notify('powa_collector', $1)",
-            &[&payload.trim_end()],
+            "SELECT pg_catalog.pg_notify($1, $2)",
+            &[&LISTEN_CHANNEL, &payload],
         )
         .await
         .map_err(|e| format!("NOTIFY failed: {e}"))?;
@@ -77,17 +74,18 @@ async fn ask(
         if n.channel() != channel {
             continue;
         }
-        let mut words = n.payload().splitn(3, ' ');
-        if words.next() != Some(command) {
+        let Some(answer) = Answer::decode(n.payload()) else {
+            continue;
+        };
+        if answer.command() != kind.as_str() {
             continue;
         }
-        let status = words.next().unwrap_or_default().to_string();
-        let data = words.next().unwrap_or_default().to_string();
+        let status = answer.status();
         // A FLEET_STATUS answer comes in parts; anything else in one.
-        let counted = (command == "FLEET_STATUS" && status == "OK")
-            .then(|| part_of(&data))
+        let counted = (kind == CommandKind::FleetStatus && status == Status::Ok)
+            .then(|| FleetPart::parse(answer.data()).map(|p| (p.part, p.parts)))
             .flatten();
-        collected.push(data);
+        collected.push(answer.data().to_string());
         match counted {
             Some((_, parts)) if collected.len() < parts => continue,
             _ => {
@@ -102,8 +100,7 @@ async fn ask(
 
 fn run(
     settings: &Settings,
-    command: &str,
-    args: &str,
+    command: Command,
     timeout: f64,
     show: impl FnOnce(&[String]),
 ) -> ExitCode {
@@ -118,30 +115,37 @@ fn run(
         }
     };
     let timeout = Duration::from_secs_f64(timeout.max(0.1));
-    match runtime.block_on(ask(settings, command, args, timeout)) {
+    let command_word = command.kind();
+    match runtime.block_on(ask(settings, command, timeout)) {
         Err(e) => {
             eprintln!("powa-fleet: {e}");
             ExitCode::from(EXIT_RUNTIME)
         }
         Ok(Outcome::NoAnswer) => {
             eprintln!(
-                "powa-fleet: no collector answered {command} within {:.1}s \
+                "powa-fleet: no collector answered {command_word} within {:.1}s \
                  (is it running against this repository?)",
                 timeout.as_secs_f64()
             );
             ExitCode::from(EXIT_NO_ANSWER)
         }
-        Ok(Outcome::Answer { status, data }) if status == "OK" => {
+        Ok(Outcome::Answer {
+            status: Status::Ok,
+            data,
+        }) => {
             show(&data);
             ExitCode::SUCCESS
         }
         Ok(Outcome::Answer { status, data }) => {
-            let hint = if status == "UNKNOWN" {
+            let hint = if status == Status::Unknown {
                 " (the collector is not powa-fleet?)"
             } else {
                 ""
             };
-            eprintln!("powa-fleet: {command} {status}: {}{hint}", data.join(" "));
+            eprintln!(
+                "powa-fleet: {command_word} {status}: {}{hint}",
+                data.join(" ")
+            );
             ExitCode::from(EXIT_NO_ANSWER)
         }
     }
@@ -151,11 +155,10 @@ fn run(
 /// in as many parts as needed (WORKERS_STATUS, what powa-web asks, must fit
 /// in one payload).
 pub fn status(settings: &Settings, srvid: Option<i32>, json: bool, timeout: f64) -> ExitCode {
-    let args = srvid.map(|s| s.to_string()).unwrap_or_default();
-    run(settings, "FLEET_STATUS", &args, timeout, |parts| {
+    run(settings, Command::FleetStatus { srvid }, timeout, |parts| {
         let mut workers: Vec<serde_json::Value> = Vec::new();
         for part in parts {
-            let array = part.split_once(' ').map_or("[]", |(_, a)| a);
+            let array = FleetPart::parse(part).map_or("[]", |p| p.items);
             if let Ok(serde_json::Value::Array(items)) = serde_json::from_str(array) {
                 workers.extend(items);
             }
@@ -218,14 +221,13 @@ fn print_table(workers: &[serde_json::Value]) {
 }
 
 pub fn reload(settings: &Settings, timeout: f64) -> ExitCode {
-    run(settings, "RELOAD", "", timeout, |_| println!("reloaded"))
+    run(settings, Command::Reload, timeout, |_| println!("reloaded"))
 }
 
 pub fn snapshot(settings: &Settings, srvid: i32, timeout: f64) -> ExitCode {
     run(
         settings,
-        "FORCE_SNAPSHOT",
-        &srvid.to_string(),
+        Command::ForceSnapshot { srvid },
         timeout,
         |data| println!("{}", data.join(" ")),
     )

@@ -6,8 +6,8 @@
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
-use powa_fleet_harness::pgbin::INSTALL_HINT;
-use powa_fleet_harness::{require_binaries, Fleet};
+use powa_fleet_sandbox::pgbin::INSTALL_HINT;
+use powa_fleet_sandbox::{require_binaries, Fleet};
 
 const FREQUENCY: i32 = 10;
 

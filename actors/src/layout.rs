@@ -7,10 +7,56 @@
 //! bookkeeping table and their per-database features.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use tokio_postgres::Client;
 
-use crate::repository::PowaVersion;
+/// `powa` extension version, e.g. 4.1.4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PowaVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl PowaVersion {
+    pub fn parse(text: &str) -> Result<PowaVersion, BadVersion> {
+        let bad = || BadVersion(text.to_string());
+        let mut parts = text.trim().split('.');
+        let mut next = |required: bool| -> Result<u32, BadVersion> {
+            match parts.next() {
+                Some(p) => {
+                    // "5.0.0dev" style suffixes are tolerated on the last part.
+                    let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+                    digits.parse().map_err(|_| bad())
+                }
+                None if required => Err(bad()),
+                None => Ok(0),
+            }
+        };
+        Ok(PowaVersion {
+            major: next(true)?,
+            minor: next(true)?,
+            patch: next(false)?,
+        })
+    }
+
+    /// Same major.minor: the same SQL schema.
+    pub fn compatible(&self, other: &PowaVersion) -> bool {
+        self.major == other.major && self.minor == other.minor
+    }
+}
+
+impl fmt::Display for PowaVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// A `powa` version text that is not `major.minor[.patch]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unreadable powa version \"{0}\"")]
+pub struct BadVersion(pub String);
 
 /// The two SQL layouts powa-fleet speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,10 +11,11 @@
 //! again. Requests are handled concurrently (they are short); a bound on
 //! requests in flight keeps a flood of notifications from growing memory.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use futures_util::stream::poll_fn;
@@ -23,19 +24,65 @@ use tokio_postgres::{AsyncMessage, Client, Notification};
 
 use crate::connect::prepare_repository;
 use crate::error::{backoff_delay, classify};
-use crate::layout::{Generation, Layout};
+use crate::layout::Layout;
 use crate::liveness::Component;
+use crate::privileges::PermissionRule;
 use crate::probes::Probes;
 use crate::protocol::{self, Answer, Command, Request};
-use crate::repository::quote_literal;
 use crate::settings::Settings;
 use crate::snapshot_actor::ForceAccepted;
-use crate::status::{Details, StatusActor, WorkerReport, WorkersStatus};
+use crate::status::{Details, StatusActor, WorkersStatus};
 use crate::supervisor::{Force, RefreshCatalogsOf, Reload, Supervisor};
 
 /// Requests handled at once; beyond this a request is answered with an
 /// error instead of queueing without bound.
 const MAX_IN_FLIGHT: usize = 256;
+/// Requests of one sending backend handled at once: one session flooding
+/// the channel leaves room for the others.
+const MAX_IN_FLIGHT_PER_SENDER: usize = MAX_IN_FLIGHT / 2;
+
+/// Requests being handled, in all and per sending backend.
+#[derive(Default)]
+struct InFlight {
+    total: Cell<usize>,
+    per_sender: RefCell<HashMap<i32, usize>>,
+}
+
+/// One request's place in [`InFlight`], given back when dropped: when the
+/// request is done, or dropped with the listener's context at a restart.
+struct Slot {
+    counts: Rc<InFlight>,
+    sender: i32,
+}
+
+impl InFlight {
+    fn take(self: &Rc<Self>, sender: i32) -> Option<Slot> {
+        let mine = self.per_sender.borrow().get(&sender).copied().unwrap_or(0);
+        if self.total.get() >= MAX_IN_FLIGHT || mine >= MAX_IN_FLIGHT_PER_SENDER {
+            return None;
+        }
+        self.total.set(self.total.get() + 1);
+        *self.per_sender.borrow_mut().entry(sender).or_default() += 1;
+        Some(Slot {
+            counts: self.clone(),
+            sender,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let counts = &self.counts;
+        counts.total.set(counts.total.get() - 1);
+        let mut per_sender = counts.per_sender.borrow_mut();
+        if let Some(n) = per_sender.get_mut(&self.sender) {
+            *n -= 1;
+            if *n == 0 {
+                per_sender.remove(&self.sender);
+            }
+        }
+    }
+}
 
 /// New settings after a reload (the DSN change takes effect at the next
 /// reconnection).
@@ -48,71 +95,6 @@ pub struct NewSettings(pub Arc<Settings>);
 #[rtype(result = "()")]
 struct Connect;
 
-/// Who may send commands, decided once per session from the server and
-/// PoWA versions.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum PermissionRule {
-    /// PostgreSQL 14+ with PoWA 4: member of `pg_signal_backend`.
-    SignalBackend,
-    /// Older PostgreSQL with PoWA 4: INSERT privilege on `powa_statements`
-    /// (the qualified table).
-    InsertStatements(String),
-    /// PoWA 5: member of a role `powa_roles` (the qualified table) maps to
-    /// `powa_admin`, `powa_write_all_data` or `powa_signal_backend`, or of
-    /// `pg_signal_backend` on PostgreSQL 14+.
-    PowaRoles { table: String, signal_backend: bool },
-}
-
-impl PermissionRule {
-    fn new(server_version_num: i32, layout: &Layout) -> PermissionRule {
-        let signal_backend = server_version_num >= 140000;
-        match layout.generation() {
-            Generation::Five => PermissionRule::PowaRoles {
-                table: layout.qualify("powa_roles"),
-                signal_backend,
-            },
-            Generation::Four if signal_backend => PermissionRule::SignalBackend,
-            Generation::Four => PermissionRule::InsertStatements(layout.qualify("powa_statements")),
-        }
-    }
-
-    /// One row with one boolean for the sender's pid (`$1`); no row, or
-    /// NULL, when its session is gone.
-    fn sql(&self) -> String {
-        match self {
-            PermissionRule::SignalBackend => {
-                "SELECT pg_catalog.pg_has_role(a.usesysid, 'pg_signal_backend', 'MEMBER') \
-                 FROM pg_catalog.pg_stat_activity a WHERE a.pid = $1"
-                    .to_string()
-            }
-            PermissionRule::InsertStatements(table) => format!(
-                "SELECT pg_catalog.has_table_privilege(a.usesysid, {}, 'INSERT') \
-                 FROM pg_catalog.pg_stat_activity a WHERE a.pid = $1",
-                quote_literal(table)
-            ),
-            PermissionRule::PowaRoles {
-                table,
-                signal_backend,
-            } => {
-                let predefined = if *signal_backend {
-                    "SELECT 'pg_signal_backend'::name UNION ALL "
-                } else {
-                    ""
-                };
-                format!(
-                    "SELECT pg_catalog.bool_or(pg_catalog.pg_has_role(a.usesysid, r.oid, 'MEMBER')) \
-                     FROM pg_catalog.pg_stat_activity a \
-                     CROSS JOIN ({predefined}SELECT rolname FROM {table} \
-                       WHERE powa_role IN ('powa_admin', 'powa_write_all_data', 'powa_signal_backend') \
-                     ) AS allowed(rolname) \
-                     JOIN pg_catalog.pg_roles r ON r.rolname = allowed.rolname \
-                     WHERE a.pid = $1"
-                )
-            }
-        }
-    }
-}
-
 pub struct Listener {
     settings: Arc<Settings>,
     supervisor: Addr<Supervisor>,
@@ -120,7 +102,7 @@ pub struct Listener {
     logger: Logger,
     session: Option<Session>,
     failures: u32,
-    in_flight: Rc<Cell<usize>>,
+    in_flight: Rc<InFlight>,
     probes: Probes,
 }
 
@@ -146,7 +128,7 @@ impl Listener {
             logger: logger.new(slog::o!("actor" => "listener")),
             session: None,
             failures: 0,
-            in_flight: Rc::new(Cell::new(0)),
+            in_flight: Rc::default(),
             probes: Probes::default(),
         }
     }
@@ -188,6 +170,9 @@ impl Supervised for Listener {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.session_down();
         self.session = None;
+        // The requests in flight are dropped with the old context (their
+        // slots with them); start a new count all the same.
+        self.in_flight = Rc::default();
         self.failures = self.failures.saturating_add(1);
     }
 }
@@ -213,13 +198,25 @@ impl Handler<Connect> for Listener {
             }
         };
         let statement_timeout = self.settings.statement_timeout.as_millis();
-        let fut = async move { config.connect(tls).await };
+        // `connect_timeout` covers the TCP connect only: bound the TLS
+        // handshake and startup exchange too (the mailbox waits meanwhile).
+        let connect_timeout = self.settings.connect_timeout;
+        let setup_deadline = crate::connect::statement_deadline(&self.settings);
+        let fut = async move { tokio::time::timeout(connect_timeout, config.connect(tls)).await };
         ctx.wait(fut.into_actor(self).map(move |result, act, ctx| {
             let (client, mut connection) = match result {
-                Ok(pair) => pair,
-                Err(e) => {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => {
                     warn!(act.logger, "cannot connect to the repository to listen";
                         "error_type" => classify(&e).as_str(), "error" => %e);
+                    ctx.stop();
+                    return;
+                }
+                Err(_) => {
+                    warn!(act.logger, "cannot connect to the repository to listen";
+                        "error_type" => "connection",
+                        "error" => format!("no answer within {}s (TCP, TLS and startup): \
+                            the repository is not answering", connect_timeout.as_secs_f64()));
                     ctx.stop();
                     return;
                 }
@@ -231,9 +228,8 @@ impl Handler<Connect> for Listener {
             let setup = client.clone();
             // Spawned, not waited for: a waiting future would keep the
             // context from polling the stream that drives this very query.
-            ctx.spawn(
-                async move {
-                    setup
+            let setup = async move {
+                setup
                         .batch_execute(&format!(
                             "SET statement_timeout = {statement_timeout}; LISTEN {}",
                             protocol::LISTEN_CHANNEL
@@ -247,6 +243,16 @@ impl Handler<Connect> for Listener {
                         .await?;
                     let layout = Layout::read(&setup).await?;
                     Ok::<_, tokio_postgres::Error>(PermissionRule::new(row.get(0), &layout))
+            };
+            ctx.spawn(
+                async move {
+                    match tokio::time::timeout(setup_deadline, setup).await {
+                        Ok(result) => result.map_err(|e| e.to_string()),
+                        Err(_) => Err(format!(
+                            "no answer within {}s: the repository is not answering",
+                            setup_deadline.as_secs()
+                        )),
+                    }
                 }
                 .into_actor(act)
                 .map(move |result, act, ctx| match result {
@@ -315,7 +321,7 @@ impl Listener {
                 (None, rejection.reply)
             }
         };
-        if self.in_flight.get() >= MAX_IN_FLIGHT {
+        let Some(slot) = self.in_flight.take(sender_pid) else {
             warn!(self.logger, "too many commands in flight, refusing one"; "sender_pid" => sender_pid);
             if let Some(request) = &request {
                 self.probes
@@ -328,17 +334,31 @@ impl Listener {
                 }
             }
             return;
-        }
+        };
         if request.is_none() {
             self.probes.metrics.command("INVALID", "ERROR");
         }
         if let Some((channel, answer)) = answer_now {
-            self.spawn_answer(session, channel, answer, ctx);
+            // Counted and checked like a command: any role that can
+            // connect may NOTIFY us, and must not make us NOTIFY at will.
+            let logger = self.logger.clone();
+            ctx.spawn(
+                async move {
+                    match permitted(&session, sender_pid).await {
+                        Ok(true) => send_answer(&session.client, &channel, &answer, &logger).await,
+                        Ok(false) => {
+                            debug!(logger, "invalid command from a role without permission: \
+                                not answered"; "sender_pid" => sender_pid)
+                        }
+                        Err(e) => warn!(logger, "permission check failed"; "error" => %e),
+                    }
+                    drop(slot);
+                }
+                .into_actor(self),
+            );
             return;
         }
         let Some(request) = request else { return };
-        let in_flight = self.in_flight.clone();
-        in_flight.set(in_flight.get() + 1);
         let supervisor = self.supervisor.clone();
         let status = self.status.clone();
         let logger = self.logger.clone();
@@ -363,7 +383,7 @@ impl Listener {
                         send_answer(&session.client, channel, answer, &logger).await;
                     }
                 }
-                in_flight.set(in_flight.get() - 1);
+                drop(slot);
             }
             .into_actor(self),
         );
@@ -413,7 +433,11 @@ async fn execute(
     if let Command::FleetStatus { srvid } = &request.command {
         return match status.send(Details { wanted: *srvid }).await {
             Ok(reports) => {
-                let items: Vec<String> = reports.iter().map(report_json).collect();
+                let now = SystemTime::now();
+                let items: Vec<String> = reports
+                    .iter()
+                    .map(|report| protocol::fleet_item(report, now))
+                    .collect();
                 protocol::fleet_status(&items)
             }
             Err(_) => vec![Answer::error(
@@ -444,49 +468,6 @@ async fn check(
             Err(Answer::error(word, "Could not check permissions"))
         }
     }
-}
-
-/// Longest error string kept per worker in a FLEET_STATUS item, and how
-/// many: one item must always fit in a NOTIFY payload.
-const ITEM_TEXT_BYTES: usize = 512;
-const ITEM_ERRORS: usize = 3;
-
-fn cut(text: &str) -> &str {
-    let mut end = text.len().min(ITEM_TEXT_BYTES);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
-/// One worker as a compact JSON object (times as Unix epoch seconds).
-fn report_json(report: &WorkerReport) -> String {
-    let epoch = |t: Option<SystemTime>| {
-        t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_secs_f64())
-    };
-    let errors: Vec<&str> = report
-        .last_errors
-        .iter()
-        .take(ITEM_ERRORS)
-        .map(|e| cut(e))
-        .collect();
-    let state = report.state.powa_web_text(SystemTime::now());
-    serde_json::json!({
-        "srvid": report.srvid,
-        "name": cut(&report.name),
-        "state": cut(&state),
-        "last_snapshot": epoch(report.last_snapshot),
-        "last_duration": report.last_duration.map(|d| d.as_secs_f64()),
-        "last_lag": report.last_lag.map(|d| d.as_secs_f64()),
-        "last_rows": report.last_rows,
-        "last_errors": errors,
-        "restarts": report.restarts,
-        "next_due": epoch(report.next_due),
-        "skipped": report.skipped,
-        "tls": report.tls,
-    })
-    .to_string()
 }
 
 /// The commands answered in one payload, once permitted.
@@ -537,44 +518,5 @@ async fn send_answer(client: &Client, channel: &str, answer: &Answer, logger: &L
         .await
     {
         warn!(logger, "could not send an answer"; "error" => %e);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn layout(powa: &str) -> Layout {
-        Layout::from_rows([("powa".to_string(), "p".to_string(), powa.to_string())])
-    }
-
-    #[test]
-    fn each_powa_and_postgresql_gets_its_permission_rule() {
-        assert_eq!(
-            PermissionRule::new(150000, &layout("4.1.4")),
-            PermissionRule::SignalBackend
-        );
-        let old = PermissionRule::new(130000, &layout("4.1.4"));
-        assert_eq!(
-            old,
-            PermissionRule::InsertStatements("p.powa_statements".into())
-        );
-        assert!(old
-            .sql()
-            .contains("has_table_privilege(a.usesysid, 'p.powa_statements', 'INSERT')"));
-        let five = PermissionRule::new(150000, &layout("5.1.2"));
-        let sql = five.sql();
-        assert!(
-            sql.contains(
-                "SELECT 'pg_signal_backend'::name UNION ALL SELECT rolname FROM p.powa_roles"
-            ),
-            "{sql}"
-        );
-        assert!(
-            sql.contains("'powa_admin', 'powa_write_all_data', 'powa_signal_backend'"),
-            "{sql}"
-        );
-        let five_old = PermissionRule::new(130000, &layout("5.1.2")).sql();
-        assert!(!five_old.contains("pg_signal_backend'::name"), "{five_old}");
     }
 }

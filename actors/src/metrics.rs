@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -31,9 +31,8 @@ use crate::probes::Readiness;
 use crate::server::SrvId;
 use crate::status::{WorkerReport, WorkerState};
 
-/// Log lines a failing log sink dropped. The logging code (in the binary)
-/// adds to it; exported as `powa_fleet_log_lines_dropped_total`.
-pub static LOG_LINES_DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Reads a counter kept elsewhere (the binary's log lines dropped).
+type CountSource = Box<dyn Fn() -> u64 + Send + Sync>;
 
 /// Upper bounds of the snapshot duration histogram, in seconds.
 const DURATION_BUCKETS: [f64; 12] = [
@@ -112,6 +111,7 @@ struct Inner {
     names: Mutex<HashMap<SrvId, String>>,
     gate: Arc<OnceLock<Gate>>,
     readiness: Arc<OnceLock<Readiness>>,
+    log_drops: Arc<OnceLock<CountSource>>,
 }
 
 impl Default for Metrics {
@@ -191,9 +191,11 @@ impl Metrics {
         );
         let gate = Arc::new(OnceLock::new());
         let readiness = Arc::new(OnceLock::new());
+        let log_drops = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(Dynamic {
             gate: gate.clone(),
             readiness: readiness.clone(),
+            log_drops: log_drops.clone(),
         }));
         registry.register_collector(Box::new(Process));
         Metrics {
@@ -212,8 +214,14 @@ impl Metrics {
                 names: Mutex::new(HashMap::new()),
                 gate,
                 readiness,
+                log_drops,
             }),
         }
+    }
+
+    /// Export `powa_fleet_log_lines_dropped_total` from this counter (set once).
+    pub fn watch_log_drops(&self, count: impl Fn() -> u64 + Send + Sync + 'static) {
+        let _ = self.inner.log_drops.set(Box::new(count));
     }
 
     /// Export the snapshot slots of this gate (set once).
@@ -412,6 +420,7 @@ pub fn openmetrics_to_text(openmetrics: &str) -> String {
 struct Dynamic {
     gate: Arc<OnceLock<Gate>>,
     readiness: Arc<OnceLock<Readiness>>,
+    log_drops: Arc<OnceLock<CountSource>>,
 }
 
 impl std::fmt::Debug for Dynamic {
@@ -459,7 +468,7 @@ impl Collector for Dynamic {
             "Snapshots due and waiting for a slot",
             waiting as i64,
         )?;
-        let dropped = ConstCounter::new(LOG_LINES_DROPPED.load(Ordering::Relaxed));
+        let dropped = ConstCounter::new(self.log_drops.get().map_or(0, |count| count()));
         dropped.encode(encoder.encode_descriptor(
             "powa_fleet_log_lines_dropped",
             "Log lines dropped because the log sink failed",
@@ -614,5 +623,10 @@ mod tests {
         ] {
             assert!(text.contains(family), "{family} not in\n{text}");
         }
+        let m = Metrics::new();
+        m.watch_log_drops(|| 7);
+        assert!(m
+            .encode_text()
+            .contains("powa_fleet_log_lines_dropped_total 7"));
     }
 }

@@ -17,51 +17,12 @@ use std::collections::BTreeSet;
 use tokio_postgres::Transaction;
 
 use crate::error::pg_message;
+use crate::job::{
+    copy_one, is_lost, on_remote, remote, repo, CatalogRefresh, CopyPlan, Job, SnapshotError,
+    SnapshotReport, Step,
+};
 use crate::repository::{self, quote_literal, Catalog, DbDatasource};
 use crate::server::SrvId;
-use crate::snapshot::{
-    copy_one, is_lost, on_remote, remote, repo, CopyPlan, Job, SnapshotError, SnapshotReport, Step,
-};
-
-/// Catalogs to copy at the next snapshot whatever their age.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum CatalogRefresh {
-    #[default]
-    Nothing,
-    All,
-    Databases(BTreeSet<String>),
-}
-
-impl CatalogRefresh {
-    /// A REFRESH_DB_CAT request: no name means every database.
-    pub fn request(dbnames: &[String]) -> CatalogRefresh {
-        if dbnames.is_empty() {
-            CatalogRefresh::All
-        } else {
-            CatalogRefresh::Databases(dbnames.iter().cloned().collect())
-        }
-    }
-
-    /// Both requests at once.
-    pub fn merge(&mut self, other: CatalogRefresh) {
-        *self = match (std::mem::take(self), other) {
-            (CatalogRefresh::All, _) | (_, CatalogRefresh::All) => CatalogRefresh::All,
-            (CatalogRefresh::Nothing, other) | (other, CatalogRefresh::Nothing) => other,
-            (CatalogRefresh::Databases(mut a), CatalogRefresh::Databases(b)) => {
-                a.extend(b);
-                CatalogRefresh::Databases(a)
-            }
-        };
-    }
-
-    pub fn forces(&self, dbname: &str) -> bool {
-        match self {
-            CatalogRefresh::Nothing => false,
-            CatalogRefresh::All => true,
-            CatalogRefresh::Databases(names) => names.contains(dbname),
-        }
-    }
-}
 
 /// The subquery giving the oid of the session's database.
 const DBID: &str = "(SELECT oid AS dbid FROM pg_catalog.pg_database \

@@ -1,5 +1,6 @@
-//! The NOTIFY protocol spoken by powa-web: parsing requests and encoding
-//! answers.
+//! The NOTIFY protocol spoken by powa-web, both ways: parsing and encoding
+//! requests, encoding and decoding answers, the worker states and the
+//! FLEET_STATUS items, for the daemon and for powa-fleet's own client.
 //!
 //! The collector's repository connection runs `LISTEN powa_collector`. A
 //! client sends `NOTIFY powa_collector, 'COMMAND CHANNEL ARG...'`; the answer
@@ -7,7 +8,8 @@
 //! This module is the only place that knows that text: [`parse`] turns a
 //! payload into a typed [`Request`] (or a typed [`Rejection`] carrying the
 //! answer to send), and [`Answer::encode`] turns an answer back into a
-//! payload. It does no I/O and owns no connection; the listener sends
+//! payload; [`Request::encode`] and [`Answer::decode`] are the client's
+//! side of the same text. It does no I/O and owns no connection; the listener sends
 //! answers with `SELECT pg_notify($1, $2)`, binding the channel and the
 //! payload as parameters.
 //!
@@ -53,7 +55,13 @@
 
 use std::fmt;
 use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::report::{WorkerReport, WorkerState};
+use crate::text::truncate;
+
+#[cfg(test)]
+mod both_ways;
 #[cfg(test)]
 mod tests;
 
@@ -171,6 +179,35 @@ pub struct Request {
     pub command: Command,
 }
 
+impl Request {
+    /// The payload a client sends, `COMMAND CHANNEL ARG...`: what [`parse`]
+    /// reads back as this request.
+    pub fn encode(&self) -> String {
+        let channel = self.reply_to.channel().unwrap_or(NO_ANSWER);
+        let mut out = format!("{} {channel}", self.command.kind());
+        // Writing to a String cannot fail.
+        match &self.command {
+            Command::Reload => {}
+            Command::WorkersStatus { srvid } | Command::FleetStatus { srvid } => {
+                if let Some(srvid) = srvid {
+                    let _ = write!(out, " {srvid}");
+                }
+            }
+            Command::ForceSnapshot { srvid } => {
+                let _ = write!(out, " {srvid}");
+            }
+            Command::RefreshDbCat { srvid, dbnames } => {
+                let _ = write!(out, " {srvid} {}", dbnames.len());
+                for name in dbnames {
+                    out.push(' ');
+                    out.push_str(name);
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Status word of an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -186,6 +223,12 @@ impl Status {
             Status::Error => "ERROR",
             Status::Unknown => "UNKNOWN",
         }
+    }
+
+    fn from_word(word: &str) -> Option<Status> {
+        [Status::Ok, Status::Error, Status::Unknown]
+            .into_iter()
+            .find(|status| status.as_str() == word)
     }
 }
 
@@ -308,6 +351,22 @@ impl Answer {
             return truncate(&replaced, MAX_PAYLOAD).to_owned();
         }
         out
+    }
+}
+
+impl Answer {
+    /// A received payload `COMMAND STATUS DATA` (what [`Answer::encode`]
+    /// sends); `None` when the status word is none of ours.
+    pub fn decode(payload: &str) -> Option<Answer> {
+        let mut words = payload.splitn(3, ' ');
+        let command = words.next().unwrap_or_default().to_string();
+        let status = Status::from_word(words.next().unwrap_or_default())?;
+        let data = words.next().unwrap_or_default().to_string();
+        Some(Answer {
+            command,
+            status,
+            data,
+        })
     }
 }
 
@@ -628,21 +687,89 @@ pub fn fleet_status<S: AsRef<str>>(items: &[S]) -> Vec<Answer> {
         .collect()
 }
 
+/// One `FLEET_STATUS` answer's data, `<part>/<parts> [item, ...]`, as
+/// [`fleet_status`] builds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetPart<'a> {
+    /// From 1.
+    pub part: usize,
+    pub parts: usize,
+    /// The JSON array of this part's items.
+    pub items: &'a str,
+}
+
+impl<'a> FleetPart<'a> {
+    /// `None` when `data` has no `<part>/<parts>` counter.
+    pub fn parse(data: &'a str) -> Option<FleetPart<'a>> {
+        let (counter, items) = data.split_once(' ')?;
+        let (part, parts) = counter.split_once('/')?;
+        Some(FleetPart {
+            part: part.parse().ok()?,
+            parts: parts.parse().ok()?,
+            items,
+        })
+    }
+}
+
+/// The text WORKERS_STATUS answers for a state. powa-web knows `running`,
+/// `stopping`, `stopped` and the two `no connection` strings by heart and
+/// shows anything else as it is.
+pub fn worker_state(state: &WorkerState, now: SystemTime) -> String {
+    match state {
+        WorkerState::Starting => "starting".to_string(),
+        WorkerState::Running => "running".to_string(),
+        WorkerState::NoRemote(_) => "no connection to remote server".to_string(),
+        WorkerState::NoRepository(_) => "no connection to repository server".to_string(),
+        WorkerState::Restarting { at, reason } => {
+            let wait = at.duration_since(now).unwrap_or(Duration::ZERO);
+            format!("restarting in {}s: {reason}", wait.as_secs())
+        }
+        WorkerState::Failed(reason) => format!("error: {reason}"),
+        WorkerState::Stopping => "stopping".to_string(),
+        WorkerState::Stopped => "stopped".to_string(),
+    }
+}
+
+/// Longest error string kept per worker in a FLEET_STATUS item, and how
+/// many: one item must always fit in a NOTIFY payload.
+const ITEM_TEXT_BYTES: usize = 512;
+const ITEM_ERRORS: usize = 3;
+
+/// One worker as a `FLEET_STATUS` item: a compact JSON object, times as
+/// Unix epoch seconds, texts cut to [`ITEM_TEXT_BYTES`].
+pub fn fleet_item(report: &WorkerReport, now: SystemTime) -> String {
+    let epoch = |t: Option<SystemTime>| {
+        t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64())
+    };
+    let cut = |text: &str| truncate(text, ITEM_TEXT_BYTES).to_owned();
+    let errors: Vec<String> = report
+        .last_errors
+        .iter()
+        .take(ITEM_ERRORS)
+        .map(|e| cut(e))
+        .collect();
+    let state = worker_state(&report.state, now);
+    serde_json::json!({
+        "srvid": report.srvid,
+        "name": cut(&report.name),
+        "state": cut(&state),
+        "last_snapshot": epoch(report.last_snapshot),
+        "last_duration": report.last_duration.map(|d| d.as_secs_f64()),
+        "last_lag": report.last_lag.map(|d| d.as_secs_f64()),
+        "last_rows": report.last_rows,
+        "last_errors": errors,
+        "restarts": report.restarts,
+        "next_due": epoch(report.next_due),
+        "skipped": report.skipped,
+        "tls": report.tls,
+    })
+    .to_string()
+}
+
 fn json_string(s: &str) -> String {
     // Serialising a `str` cannot fail; fall back to an empty string anyway.
     serde_json::to_string(s).unwrap_or_else(|_| String::from("\"\""))
-}
-
-/// `s` cut to at most `max` bytes, on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// An owned copy of `s` of at most `max` bytes, ending with `...` if cut.

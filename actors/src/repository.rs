@@ -3,14 +3,15 @@
 //! Objects are qualified with the schema the session's [`Layout`] found;
 //! where the two versions differ, the layout's [`Generation`] decides.
 
-use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
 use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::error::{classify, pg_message, ErrorKind};
-use crate::layout::{Generation, Layout};
+pub use crate::layout::PowaVersion;
+use crate::layout::{BadVersion, Generation, Layout};
+pub use crate::schedule::LastSnapshot;
 use crate::server::{ServerSpec, SrvId};
 
 #[derive(Debug, Error)]
@@ -23,8 +24,8 @@ pub enum RepositoryError {
     },
     #[error("the powa extension is not installed in the {0} database")]
     NoPowa(&'static str),
-    #[error("unreadable powa version \"{0}\"")]
-    BadVersion(String),
+    #[error(transparent)]
+    BadVersion(#[from] BadVersion),
     #[error("PoWA {0} is too old: powa-fleet needs PoWA 4.1 or newer on the repository")]
     TooOld(PowaVersion),
     #[error(
@@ -47,50 +48,8 @@ impl RepositoryError {
     }
 }
 
-fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> RepositoryError {
+pub(crate) fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> RepositoryError {
     move |source| RepositoryError::Sql { what, source }
-}
-
-/// `powa` extension version, e.g. 4.1.4.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PowaVersion {
-    pub major: u32,
-    pub minor: u32,
-    pub patch: u32,
-}
-
-impl PowaVersion {
-    pub fn parse(text: &str) -> Result<PowaVersion, RepositoryError> {
-        let bad = || RepositoryError::BadVersion(text.to_string());
-        let mut parts = text.trim().split('.');
-        let mut next = |required: bool| -> Result<u32, RepositoryError> {
-            match parts.next() {
-                Some(p) => {
-                    // "5.0.0dev" style suffixes are tolerated on the last part.
-                    let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
-                    digits.parse().map_err(|_| bad())
-                }
-                None if required => Err(bad()),
-                None => Ok(0),
-            }
-        };
-        Ok(PowaVersion {
-            major: next(true)?,
-            minor: next(true)?,
-            patch: next(false)?,
-        })
-    }
-
-    /// Same major.minor: the same SQL schema.
-    pub fn compatible(&self, other: &PowaVersion) -> bool {
-        self.major == other.major && self.minor == other.minor
-    }
-}
-
-impl fmt::Display for PowaVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
-    }
 }
 
 /// The version of the `powa` extension installed on `client`'s database.
@@ -112,7 +71,7 @@ async fn extension_version(
     let Some(row) = row else {
         return Err(RepositoryError::NoPowa(side));
     };
-    PowaVersion::parse(row.get(0))
+    Ok(PowaVersion::parse(row.get(0))?)
 }
 
 /// Refuse repositories older than PoWA 4.1, and majors after 5, whose SQL
@@ -156,16 +115,6 @@ pub async fn list_servers(
             alias: row.get(7),
         })
         .collect())
-}
-
-/// What the repository knows of a server's last snapshot.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LastSnapshot {
-    /// No `powa_snapshot_metas` row: not registered with `powa_register_server`.
-    NotRegistered,
-    /// Registered, never snapshotted (`-infinity`).
-    Never,
-    At(SystemTime),
 }
 
 pub async fn last_snapshot(
@@ -450,7 +399,7 @@ impl RemoteInventory {
     /// The version of the `powa` extension, if installed.
     pub fn powa(&self) -> Result<PowaVersion, RepositoryError> {
         match self.extensions.iter().find(|(name, _)| name == "powa") {
-            Some((_, version)) => PowaVersion::parse(version),
+            Some((_, version)) => Ok(PowaVersion::parse(version)?),
             None => Err(RepositoryError::NoPowa("remote server's PoWA")),
         }
     }
@@ -500,6 +449,18 @@ pub async fn update_versions(
     srvid: SrvId,
 ) -> Result<(), RepositoryError> {
     let inventory = remote_inventory(remote).await?;
+    save_versions(repo, layout, srvid, &inventory).await
+}
+
+/// The repository side of [`update_versions`], for callers that read the
+/// remote's inventory first, without holding a repository session while a
+/// remote that may not answer is asked.
+pub async fn save_versions(
+    repo: &Client,
+    layout: &Layout,
+    srvid: SrvId,
+    inventory: &RemoteInventory,
+) -> Result<(), RepositoryError> {
     repo.execute(
         &format!(
             "UPDATE {} SET version = $2 WHERE id = $1 AND version IS DISTINCT FROM $2",
@@ -549,214 +510,6 @@ pub async fn update_versions(
         return Err(RepositoryError::Mismatch { repository, remote });
     }
     Ok(())
-}
-
-/// LISTEN on a private channel and NOTIFY it, as the listener does with
-/// `powa_collector` and the answer channels: fails if the role may not.
-pub async fn try_listen_notify(client: &Client, channel: &str) -> Result<(), RepositoryError> {
-    client
-        .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
-        .await
-        .map_err(sql("LISTEN"))?;
-    client
-        .execute("SELECT pg_catalog.pg_notify($1, 'check')", &[&channel])
-        .await
-        .map_err(sql("NOTIFY"))?;
-    client
-        .batch_execute(&format!("UNLISTEN {}", quote_ident(channel)))
-        .await
-        .map_err(sql("UNLISTEN"))
-}
-
-/// What the collector's repository role lacks to do its work: read the
-/// server list and the datasources, stage rows, take snapshots, record
-/// errors and versions. Empty when nothing is missing.
-pub async fn repository_missing_privileges(
-    client: &Client,
-    layout: &Layout,
-) -> Result<Vec<String>, RepositoryError> {
-    let mut wanted = vec![
-        Privilege::table("SELECT", layout, "powa_servers"),
-        Privilege {
-            what: "UPDATE (version) on powa_servers".to_string(),
-            check: "has_column_privilege($1, 'version', 'UPDATE')".to_string(),
-            object: layout.qualify("powa_servers"),
-        },
-        Privilege::table("SELECT", layout, "powa_functions"),
-        Privilege::table("SELECT, UPDATE", layout, "powa_snapshot_metas"),
-    ];
-    wanted.push(Privilege::table(
-        "INSERT, UPDATE, DELETE",
-        layout,
-        layout.extension_table_name(),
-    ));
-    wanted.push(Privilege::execute(layout, "powa_take_snapshot", "integer"));
-    if layout.generation() == Generation::Five {
-        wanted.push(Privilege::execute(
-            layout,
-            "powa_db_functions",
-            "integer, integer",
-        ));
-        wanted.push(Privilege::execute(
-            layout,
-            "powa_catalog_functions",
-            "integer, integer, interval",
-        ));
-    }
-    let mut missing = Vec::new();
-    for privilege in wanted {
-        let ok: bool = client
-            .query_one(&format!("SELECT {}", privilege.check), &[&privilege.object])
-            .await
-            .map_err(sql("checking the repository role's privileges"))?
-            .get(0);
-        if !ok {
-            missing.push(privilege.what);
-        }
-    }
-    Ok(missing)
-}
-
-/// One privilege the repository role needs: how it is named to the user,
-/// the check (`$1` is the object), the qualified object.
-struct Privilege {
-    what: String,
-    check: String,
-    object: String,
-}
-
-impl Privilege {
-    fn table(privileges: &'static str, layout: &Layout, table: &str) -> Privilege {
-        // Several privileges in one has_table_privilege() mean "any of".
-        let check = privileges
-            .split(", ")
-            .map(|p| format!("has_table_privilege($1, '{p}')"))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        Privilege {
-            what: format!("{privileges} on {table}"),
-            check,
-            object: layout.qualify(table),
-        }
-    }
-
-    fn execute(layout: &Layout, function: &str, arguments: &str) -> Privilege {
-        Privilege {
-            what: format!("EXECUTE on {function}({arguments})"),
-            check: "has_function_privilege($1, 'EXECUTE')".to_string(),
-            object: format!("{}({arguments})", layout.qualify(function)),
-        }
-    }
-}
-
-/// Staging tables (qualified) the repository role cannot fill.
-pub async fn staging_missing_privileges(
-    client: &Client,
-    tables: &[String],
-) -> Result<Vec<String>, RepositoryError> {
-    let rows = client
-        .query(
-            "SELECT 'INSERT, DELETE on ' || t FROM unnest($1::text[]) AS t \
-             WHERE CASE WHEN pg_catalog.to_regclass(t) IS NULL THEN true \
-                   ELSE NOT (has_table_privilege(pg_catalog.to_regclass(t), 'INSERT') \
-                             AND has_table_privilege(pg_catalog.to_regclass(t), 'DELETE')) END",
-            &[&tables],
-        )
-        .await
-        .map_err(sql("checking the staging tables' privileges"))?;
-    Ok(rows.iter().map(|row| row.get(0)).collect())
-}
-
-/// PoWA 5: the staging tables the per-database datasources and catalogs of
-/// `srvid` write to (qualified).
-pub async fn per_database_staging(
-    client: &Client,
-    layout: &Layout,
-    srvid: SrvId,
-) -> Result<Vec<String>, RepositoryError> {
-    // The PostgreSQL version picks the queries, not the tables: 0 will do.
-    let rows = client
-        .query(
-            &format!(
-                "SELECT tmp_table FROM {}($1, 0) WHERE operation = 'snapshot' AND enabled \
-                 UNION SELECT tmp_table FROM {}($1, 0) ORDER BY 1",
-                layout.qualify("powa_db_functions"),
-                layout.qualify("powa_catalog_functions")
-            ),
-            &[&srvid],
-        )
-        .await
-        .map_err(sql("reading the per-database staging tables"))?;
-    Ok(rows.iter().map(|row| row.get(0)).collect())
-}
-
-/// PoWA tables of the remote's own powa database that its source functions
-/// read (found by running them as a role without any grant).
-const REMOTE_READ_TABLES: [&str; 2] = ["powa_statements", "powa_databases"];
-
-/// The function a cleanup of the form `SELECT name()` calls, as a
-/// signature `to_regprocedure` resolves (`pg_qualstats_reset()`).
-fn cleanup_function(cleanup: &str) -> Option<String> {
-    let call = cleanup.trim().trim_end_matches(';').trim_end();
-    let (select, rest) = call.split_at_checked(6)?;
-    if !select.eq_ignore_ascii_case("select") {
-        return None;
-    }
-    let name = rest.trim().strip_suffix("()")?;
-    let plain = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '"'));
-    plain.then(|| format!("{name}()"))
-}
-
-/// What the remote role lacks to run `datasources`: EXECUTE on each source
-/// function (called as `<source>(0)`) and on each cleanup function (such
-/// as `pg_qualstats_reset()`, revoked from PUBLIC by pg_qualstats), SELECT
-/// on the tables the source functions read, `pg_read_all_stats` (without
-/// it, other roles' statements are hidden from the statistics), and on
-/// PoWA 5 CONNECT on every database that allows connections.
-pub async fn remote_missing_privileges(
-    remote: &Client,
-    layout: &Layout,
-    datasources: &[Datasource],
-) -> Result<Vec<String>, RepositoryError> {
-    // A datasource whose extension is missing is reported by the snapshot
-    // itself; here it has no function to check.
-    let mut functions: Vec<String> = datasources
-        .iter()
-        .filter_map(|d| Some(format!("{}(integer)", d.source_function(layout)?)))
-        .collect();
-    functions.extend(datasources.iter().filter_map(|d| {
-        let cleanup = layout.expand(d.query_cleanup.as_deref()?).ok()?;
-        cleanup_function(&cleanup)
-    }));
-    let tables: Vec<String> = REMOTE_READ_TABLES
-        .iter()
-        .map(|t| layout.qualify(t))
-        .collect();
-    let per_database = layout.generation() == Generation::Five;
-    let rows = remote
-        .query(
-            "SELECT 'EXECUTE on ' || f FROM unnest($1::text[]) AS f \
-             WHERE CASE WHEN pg_catalog.to_regprocedure(f) IS NULL THEN true \
-                   ELSE NOT has_function_privilege(pg_catalog.to_regprocedure(f), 'EXECUTE') END \
-             UNION ALL \
-             SELECT 'SELECT on ' || t FROM unnest($2::text[]) AS t \
-             WHERE CASE WHEN pg_catalog.to_regclass(t) IS NULL THEN false \
-                   ELSE NOT has_table_privilege(pg_catalog.to_regclass(t), 'SELECT') END \
-             UNION ALL \
-             SELECT 'membership in pg_read_all_stats' \
-             WHERE NOT pg_has_role('pg_read_all_stats', 'MEMBER') \
-             UNION ALL \
-             (SELECT 'CONNECT on database ' || datname FROM pg_catalog.pg_database \
-              WHERE $3 AND datallowconn AND NOT has_database_privilege(datname, 'CONNECT') \
-              ORDER BY datname)",
-            &[&functions, &tables, &per_database],
-        )
-        .await
-        .map_err(sql("checking the remote role's privileges"))?;
-    Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
 /// `text` as a single-quoted SQL literal (standard_conforming_strings).
@@ -811,20 +564,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn cleanup_functions_are_recognised() {
-        assert_eq!(
-            cleanup_function("SELECT pg_qualstats_reset()").as_deref(),
-            Some("pg_qualstats_reset()")
-        );
-        assert_eq!(
-            cleanup_function(" select public.f(); ").as_deref(),
-            Some("public.f()")
-        );
-        assert_eq!(cleanup_function("SELECT f(1)"), None);
-        assert_eq!(cleanup_function("DELETE FROM t"), None);
-    }
-
     fn layout(powa: &str) -> Layout {
         Layout::from_rows([("powa".to_string(), "\"P\"".to_string(), powa.to_string())])
     }
@@ -863,22 +602,6 @@ mod tests {
             ..ds
         };
         assert_eq!(external.staging_table(&l), None);
-    }
-
-    #[test]
-    fn every_listed_table_privilege_is_required() {
-        let p = Privilege::table(
-            "INSERT, UPDATE, DELETE",
-            &layout("4.1.4"),
-            "powa_extensions",
-        );
-        assert_eq!(p.what, "INSERT, UPDATE, DELETE on powa_extensions");
-        assert_eq!(
-            p.check,
-            "has_table_privilege($1, 'INSERT') AND has_table_privilege($1, 'UPDATE') \
-             AND has_table_privilege($1, 'DELETE')"
-        );
-        assert_eq!(p.object, "\"P\".powa_extensions");
     }
 
     #[test]

@@ -12,7 +12,15 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::repository::LastSnapshot;
+/// What the repository knows of a server's last snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LastSnapshot {
+    /// No `powa_snapshot_metas` row: not registered with `powa_register_server`.
+    NotRegistered,
+    /// Registered, never snapshotted (`-infinity`).
+    Never,
+    At(SystemTime),
+}
 
 /// The first due time after (re)connecting. `random_below(n)` must return
 /// a number in `0..n`.

@@ -15,139 +15,50 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::future::BoxFuture;
-use thiserror::Error;
 use tokio_postgres::{Client, Transaction};
 
-use crate::copy::{pipe, PipeError};
-use crate::error::{classify, pg_message, ErrorKind};
+use crate::error::pg_message;
+use crate::job::{copy_one, is_lost, on_remote, remote, repo};
+pub use crate::job::{
+    CatalogRefresh, CopyPlan, Job, OpenDatabase, SnapshotError, SnapshotReport, Step,
+};
 use crate::layout::{Generation, Layout};
 use crate::per_database;
-pub use crate::per_database::CatalogRefresh;
 use crate::repository::{self, Datasource};
 use crate::server::SrvId;
 
-/// What one snapshot did.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SnapshotReport {
-    /// Datasources copied successfully.
-    pub datasources: usize,
-    pub rows: u64,
-    pub bytes: u64,
-    /// Stored in `powa_snapshot_metas.errors` (datasource, cleanup and
-    /// `powa_take_snapshot` failures).
-    pub errors: Vec<String>,
-    /// The count `powa_take_snapshot` returned (details in the repository log).
-    pub internal_errors: i32,
-    pub elapsed: Duration,
-    /// Worth a log line, not an error (skipped datasources, nothing to do).
-    pub warnings: Vec<String>,
-    /// Why `powa_take_snapshot` failed, when it did: the copy committed its
-    /// errors but no snapshot was recorded.
-    pub not_recorded: Option<String>,
+/// After [`SnapshotError::CommitUnknown`], on another session: whether
+/// the snapshot that would have set `coalesce_seq` to `recorded_seq` is in
+/// the repository.
+pub async fn committed(
+    repo: &Client,
+    layout: &Layout,
+    srvid: SrvId,
+    recorded_seq: i64,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = repo
+        .query_one(
+            &format!(
+                "SELECT coalesce_seq FROM {} WHERE srvid = $1",
+                layout.qualify("powa_snapshot_metas")
+            ),
+            &[&srvid],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) >= recorded_seq)
 }
 
-/// A snapshot lost as a whole: nothing was committed.
-#[derive(Debug, Error)]
-pub enum SnapshotError {
-    #[error("snapshot aborted, remote server failed while {what}: {}", pg_message(.source))]
-    Remote {
-        what: &'static str,
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    #[error("snapshot aborted, repository failed while {what}: {}", pg_message(.source))]
-    Repository {
-        what: &'static str,
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    /// The remote server sent nothing for `secs` seconds.
-    #[error("snapshot aborted, remote server sent nothing for {secs}s while {what}: it is not answering")]
-    RemoteSilent { what: &'static str, secs: u64 },
-}
-
-impl SnapshotError {
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            SnapshotError::Remote { source, .. } | SnapshotError::Repository { source, .. } => {
-                classify(source)
-            }
-            SnapshotError::RemoteSilent { .. } => ErrorKind::Connection,
+/// A COMMIT error after which nobody can tell whether it committed: the
+/// session is gone (no SQLSTATE, a connection exception, or the backend
+/// terminated: class 57P, as when a commit waiting for a synchronous
+/// standby is cancelled after committing locally).
+fn commit_outcome_unknown(err: &tokio_postgres::Error, client: &Client) -> bool {
+    match err.code() {
+        None => true,
+        Some(code) => {
+            let code = code.code();
+            client.is_closed() || code.starts_with("08") || code.starts_with("57P")
         }
-    }
-}
-
-pub(crate) fn remote(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SnapshotError {
-    move |source| SnapshotError::Remote { what, source }
-}
-
-/// A remote step, given up when the server stays silent for `limit`; the
-/// inner result is the step's own.
-pub(crate) async fn on_remote<T>(
-    limit: Duration,
-    what: &'static str,
-    fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-) -> Result<Result<T, tokio_postgres::Error>, SnapshotError> {
-    tokio::time::timeout(limit, fut)
-        .await
-        .map_err(|_| SnapshotError::RemoteSilent {
-            what,
-            secs: limit.as_secs(),
-        })
-}
-
-pub(crate) fn repo(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SnapshotError {
-    move |source| SnapshotError::Repository { what, source }
-}
-
-/// Progress events, for logs and for tests that inject faults.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Step {
-    DatasourceDone { module: String, rows: u64 },
-    DatasourceFailed { module: String, error: String },
-    BeforeTakeSnapshot,
-}
-
-/// A failure that costs the whole snapshot (a lost connection), as
-/// opposed to one datasource (an SQL error under a savepoint).
-pub(crate) fn is_lost(err: &tokio_postgres::Error) -> bool {
-    err.code().is_none()
-}
-
-/// Opens a session on another database of the remote server (PoWA 5
-/// per-database datasources and catalogs); the error is for the user.
-pub type OpenDatabase = dyn Fn(String) -> BoxFuture<'static, Result<Client, String>> + Send + Sync;
-
-/// What one snapshot needs besides its two sessions.
-pub struct Job<'a> {
-    pub srvid: SrvId,
-    /// Every remote step must answer within this.
-    pub remote_silence: Duration,
-    /// Where PoWA's objects are on the repository and on the remote.
-    pub repository: &'a Layout,
-    pub remote: &'a Layout,
-    /// PoWA 5: catalogs to copy whatever their age.
-    pub catalogs: &'a CatalogRefresh,
-    pub open_database: &'a OpenDatabase,
-}
-
-/// One copy from the remote into a staging table of the repository.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CopyPlan {
-    /// The datasource, in steps and error messages.
-    pub name: String,
-    /// What runs on the remote, for error messages.
-    pub source_label: String,
-    /// `COPY (...) TO STDOUT` on the remote.
-    pub source: String,
-    /// The qualified staging table on the repository.
-    pub table: String,
-}
-
-impl CopyPlan {
-    fn sink(&self) -> String {
-        format!("COPY {} FROM STDIN", self.table)
     }
 }
 
@@ -307,7 +218,35 @@ pub async fn take_snapshot(
             .await
             .map_err(repo("recording errors"))?;
     }
-    repo_tx.commit().await.map_err(repo("committing"))?;
+    // What this transaction leaves in coalesce_seq: how to tell, should
+    // the session be lost during COMMIT, whether the snapshot is there.
+    let recorded_seq = match &report.not_recorded {
+        Some(_) => None,
+        None => Some(
+            repo_tx
+                .query_one(
+                    &format!(
+                        "SELECT coalesce_seq FROM {} WHERE srvid = $1",
+                        layout.qualify("powa_snapshot_metas")
+                    ),
+                    &[&srvid],
+                )
+                .await
+                .map_err(repo("reading the snapshot's sequence"))?
+                .get::<_, i64>(0),
+        ),
+    };
+    if let Err(e) = repo_tx.commit().await {
+        if commit_outcome_unknown(&e, repo_client) {
+            report.elapsed = started.elapsed();
+            return Err(SnapshotError::CommitUnknown {
+                recorded_seq,
+                report: Box::new(report),
+                source: e,
+            });
+        }
+        return Err(repo("committing")(e));
+    }
     // powa_take_snapshot renames the session; give the pooled session its
     // own name back (RESET restores the one set at connection).
     if let Err(e) = repo_client.batch_execute("RESET application_name").await {
@@ -326,96 +265,6 @@ pub async fn take_snapshot(
     }
     report.elapsed = started.elapsed();
     Ok(report)
-}
-
-/// Copy one datasource under a savepoint on both sides. `Ok(true)` when it
-/// landed, `Ok(false)` when it failed alone (recorded in the report), `Err`
-/// when the failure costs the whole snapshot.
-pub(crate) async fn copy_one(
-    remote_silence: Duration,
-    remote_tx: &mut Transaction<'_>,
-    repo_tx: &mut Transaction<'_>,
-    plan: &CopyPlan,
-    report: &mut SnapshotReport,
-    observer: &mut dyn FnMut(Step),
-) -> Result<bool, SnapshotError> {
-    let what = "opening a savepoint";
-    let remote_sp = on_remote(remote_silence, what, remote_tx.savepoint("powa_fleet_src"))
-        .await?
-        .map_err(remote(what))?;
-    let repo_sp = repo_tx
-        .savepoint("powa_fleet_data")
-        .await
-        .map_err(repo("opening a savepoint"))?;
-    let piped = pipe(
-        remote_silence,
-        &remote_sp,
-        &repo_sp,
-        &plan.source,
-        &plan.table,
-        &plan.sink(),
-    )
-    .await;
-    match piped {
-        Ok(copied) => {
-            let what = "releasing a savepoint";
-            on_remote(remote_silence, what, remote_sp.commit())
-                .await?
-                .map_err(remote(what))?;
-            repo_sp
-                .commit()
-                .await
-                .map_err(repo("releasing a savepoint"))?;
-            report.datasources += 1;
-            report.rows += copied.rows;
-            report.bytes += copied.bytes;
-            observer(Step::DatasourceDone {
-                module: plan.name.clone(),
-                rows: copied.rows,
-            });
-            Ok(true)
-        }
-        Err(failure) => {
-            let error = match failure {
-                PipeError::Source(e) if is_lost(&e) => {
-                    return Err(remote("copying a datasource")(e))
-                }
-                PipeError::Sink(e) if is_lost(&e) => return Err(repo("copying a datasource")(e)),
-                PipeError::Silent(limit) => {
-                    return Err(SnapshotError::RemoteSilent {
-                        what: "copying a datasource",
-                        secs: limit.as_secs(),
-                    })
-                }
-                PipeError::Source(e) => format!(
-                    "{}: error while calling {} on the remote server: {}",
-                    plan.name,
-                    plan.source_label,
-                    pg_message(&e)
-                ),
-                PipeError::Sink(e) => format!(
-                    "{}: error while inserting into {}: {}",
-                    plan.name,
-                    plan.table,
-                    pg_message(&e)
-                ),
-            };
-            let what = "rolling back a savepoint";
-            on_remote(remote_silence, what, remote_sp.rollback())
-                .await?
-                .map_err(remote(what))?;
-            repo_sp
-                .rollback()
-                .await
-                .map_err(repo("rolling back a savepoint"))?;
-            observer(Step::DatasourceFailed {
-                module: plan.name.clone(),
-                error: error.clone(),
-            });
-            report.errors.push(error);
-            Ok(false)
-        }
-    }
 }
 
 async fn cleanup_datasource(
@@ -458,7 +307,10 @@ async fn cleanup_datasource(
 
 #[cfg(test)]
 mod tests {
+    use futures_util::future::BoxFuture;
+
     use super::*;
+    use crate::layout::Layout;
 
     fn no_database(_: String) -> BoxFuture<'static, Result<Client, String>> {
         Box::pin(async { Err("no database".to_string()) })

@@ -27,14 +27,21 @@ use crate::connect::{connect_remote, connect_remote_database};
 use crate::error::{backoff_delay, classify, pg_message, retry_policy, ErrorKind, Retry};
 use crate::gate::Gate;
 use crate::layout::{Generation, Layout};
+use crate::protocol;
 use crate::redact::scrub;
 use crate::repo_pool::RepoPool;
 use crate::repository::{self, LastSnapshot};
 use crate::schedule;
 use crate::server::{ServerSpec, SrvId};
 use crate::settings::Settings;
-use crate::snapshot::{take_snapshot, CatalogRefresh, Job, OpenDatabase, SnapshotError, Step};
+use crate::snapshot::{
+    take_snapshot, CatalogRefresh, Job, OpenDatabase, SnapshotError, SnapshotReport, Step,
+};
 use crate::status::{Report, SnapshotFailed, StatusActor, WorkerReport, WorkerState};
+
+mod life;
+
+use life::{ForceRefusal, Life, OnDue};
 
 /// A forced snapshot is refused when the last one is this recent.
 const FORCE_MIN_INTERVAL: Duration = Duration::from_secs(10);
@@ -104,23 +111,18 @@ pub struct SnapshotActor {
     shared: Shared,
     logger: Logger,
     report: WorkerReport,
-    /// The remote session, absent while disconnected or lent to a snapshot.
-    remote: Option<Remote>,
+    /// What the actor is doing, with the remote session while idle.
+    life: Life<Remote>,
     /// Catalogs asked for by REFRESH_DB_CAT, for the next snapshot.
     catalogs: CatalogRefresh,
     /// The next snapshot the schedule asks for (a forced one does not move it).
     due: Option<SystemTime>,
     timer: Option<SpawnHandle>,
-    /// Connecting, taking a snapshot or doing bookkeeping: one thing at a time.
-    busy: bool,
-    in_snapshot: bool,
-    forced: bool,
     /// Consecutive failures; reset by a successful snapshot.
     failures: u32,
     /// Why the last attempt failed (kind, on the repository side, reason),
     /// kept across the restart for the status.
     last_failure: Option<(ErrorKind, bool, String)>,
-    stopping: bool,
     idle_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -136,16 +138,12 @@ impl SnapshotActor {
             settings,
             shared,
             logger,
-            remote: None,
+            life: Life::default(),
             catalogs: CatalogRefresh::default(),
             due: None,
             timer: None,
-            busy: false,
-            in_snapshot: false,
-            forced: false,
             failures: 0,
             last_failure: None,
-            stopping: false,
             idle_waiters: Vec::new(),
         }
     }
@@ -174,9 +172,9 @@ impl SnapshotActor {
         let reason = self.scrub(&reason);
         error!(self.logger, "collection failed"; "error_type" => kind.as_str(), "error" => &reason);
         self.report.last_errors = vec![reason.clone()];
-        self.remote = None;
+        self.life.disconnect();
         self.cancel_timer(ctx);
-        if self.stopping {
+        if self.life.stopping() {
             return;
         }
         match retry_policy(kind) {
@@ -232,7 +230,7 @@ impl Actor for SnapshotActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(HEALTH_CHECK, |act, ctx| {
-            let lost = !act.busy && act.remote.as_ref().is_some_and(|r| r.client.is_closed());
+            let lost = act.life.idle_remote().is_some_and(|r| r.client.is_closed());
             if lost {
                 act.fail(
                     ErrorKind::Connection,
@@ -280,10 +278,7 @@ impl Supervised for SnapshotActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.failures = self.failures.saturating_add(1);
         self.report.restarts += 1;
-        self.remote = None;
-        self.busy = false;
-        self.in_snapshot = false;
-        self.forced = false;
+        self.life.restarted();
         self.timer = None;
         if self.last_failure.is_none() {
             self.last_failure = Some((
@@ -405,20 +400,115 @@ impl SnapshotActor {
 
 /// How long connecting, bookkeeping or one snapshot may take in all.
 fn work_deadline(settings: &Settings) -> Duration {
-    let statements = if settings.statement_timeout.is_zero() {
-        Duration::from_secs(3600)
-    } else {
-        settings.statement_timeout
+    crate::connect::statement_deadline(settings)
+}
+
+/// The version bookkeeping: the remote is asked first, within the remote
+/// silence limit, and only then is a repository session borrowed to save
+/// the answer; a frozen remote never holds a pooled session.
+async fn bookkeeping(
+    pool: &RepoPool,
+    remote: &Client,
+    srvid: SrvId,
+    settings: &Settings,
+) -> Result<(), StepFailure> {
+    let inventory = within(
+        settings.remote_silence,
+        "reading the remote server's versions",
+        async {
+            repository::remote_inventory(remote)
+                .await
+                .map_err(|e| StepFailure::new(e.kind(), e))
+        },
+    )
+    .await?;
+    let repo = pool.get().await.map_err(pool_failure)?;
+    within(work_deadline(settings), "the version bookkeeping", async {
+        repository::save_versions(&repo, repo.layout(), srvid, &inventory)
+            .await
+            .map_err(|e| StepFailure::new(e.kind(), e))
+    })
+    .await
+}
+
+/// Tries at finding out whether a COMMIT cut off by a lost session went
+/// through, one second apart (the repository may be restarting).
+const COMMIT_CHECKS: u32 = 3;
+
+/// A COMMIT cut off by a lost session: ask the repository, on a new
+/// session, whether the snapshot is there. It becomes a success if it is,
+/// an aborted snapshot if it is not, and stays "outcome unknown" (never
+/// "aborted") when the repository cannot tell us.
+async fn settle_commit<R>(
+    pool: &RepoPool,
+    srvid: SrvId,
+    result: Result<(R, Duration, Result<SnapshotReport, SnapshotError>), StepFailure>,
+    logger: &Logger,
+) -> Result<(R, Duration, Result<SnapshotReport, SnapshotError>), StepFailure> {
+    let Ok((
+        remote,
+        waited,
+        Err(SnapshotError::CommitUnknown {
+            recorded_seq: Some(seq),
+            report,
+            source,
+        }),
+    )) = result
+    else {
+        return result;
     };
-    settings.connect_timeout + statements
+    let deadline = pool.statement_deadline();
+    for attempt in 0..COMMIT_CHECKS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let Ok(repo) = pool.get().await else { continue };
+        let check = crate::snapshot::committed(&repo, repo.layout(), srvid, seq);
+        match tokio::time::timeout(deadline, check).await {
+            Ok(Ok(true)) => {
+                let mut report = *report;
+                warn!(logger, "the repository session was lost during COMMIT, \
+                    but the snapshot is in the repository"; "error" => pg_message(&source));
+                report.warnings.push(format!(
+                    "repository session lost during COMMIT, snapshot committed: {}",
+                    pg_message(&source)
+                ));
+                return Ok((remote, waited, Ok(report)));
+            }
+            Ok(Ok(false)) => {
+                let aborted = SnapshotError::Repository {
+                    what: "committing",
+                    source,
+                };
+                return Ok((remote, waited, Err(aborted)));
+            }
+            Ok(Err(_)) | Err(_) => {}
+        }
+    }
+    let unknown = SnapshotError::CommitUnknown {
+        recorded_seq: Some(seq),
+        report,
+        source,
+    };
+    Ok((remote, waited, Err(unknown)))
 }
 
 /// Write a failure to `powa_snapshot_metas.errors` so powa-web shows it.
 async fn record_error(pool: &RepoPool, srvid: SrvId, message: &str, logger: &Logger) {
+    let deadline = pool.statement_deadline();
     let result = match pool.get().await {
-        Ok(repo) => repository::record_connection_error(&repo, repo.layout(), srvid, message)
-            .await
-            .map_err(|e| e.to_string()),
+        Ok(repo) => tokio::time::timeout(
+            deadline,
+            repository::record_connection_error(&repo, repo.layout(), srvid, message),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "the repository did not answer within {}s",
+                deadline.as_secs()
+            )
+        })
+        .and_then(|r| r.map_err(|e| e.to_string())),
         Err(e) => Err(e.to_string()),
     };
     if let Err(e) = result {
@@ -430,14 +520,13 @@ impl Handler<Connect> for SnapshotActor {
     type Result = ();
 
     fn handle(&mut self, _: Connect, ctx: &mut Context<Self>) {
-        if self.stopping || self.busy {
+        if !self.life.start_connecting() {
             return;
         }
         let spec = self.spec.clone();
         let settings = self.settings.clone();
         let pool = self.shared.pool.clone();
         let logger = self.logger.clone();
-        self.busy = true;
         let deadline = work_deadline(&settings);
         // Repository sessions are borrowed only around each query, and the
         // wait for one is not the servers' fault: only the work itself runs
@@ -473,13 +562,7 @@ impl Handler<Connect> for SnapshotActor {
                 client: session.client,
                 layout: session.layout,
             };
-            let repo = pool.get().await.map_err(pool_failure)?;
-            within(deadline, "the version bookkeeping", async {
-                repository::update_versions(&repo, repo.layout(), &remote.client, spec.srvid)
-                    .await
-                    .map_err(|e| StepFailure::new(e.kind(), e))
-            })
-            .await?;
+            bookkeeping(&pool, &remote.client, spec.srvid, &settings).await?;
             Ok(Connected { remote, tls, last })
         });
         let pool = self.shared.pool.clone();
@@ -496,10 +579,9 @@ impl Handler<Connect> for SnapshotActor {
             result
         };
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
-            act.busy = false;
             match result {
                 Ok(Connected { remote, tls, last }) => {
-                    act.remote = Some(remote);
+                    act.life.work_ended(Some(remote));
                     act.report.tls = Some(tls);
                     let frequency = Duration::from_secs(act.spec.frequency.into());
                     let due = schedule::first_due(SystemTime::now(), &last, frequency, |n| {
@@ -518,12 +600,14 @@ impl Handler<Connect> for SnapshotActor {
                     };
                     act.set_state(state);
                     act.arm(due, ctx);
-                    if act.stopping {
-                        act.remote = None;
+                    if act.life.stopping() {
                         act.wake_idle_waiters();
                     }
                 }
-                Err(failure) => act.fail(failure.kind, failure.repository, failure.reason, ctx),
+                Err(failure) => {
+                    act.life.work_ended(None);
+                    act.fail(failure.kind, failure.repository, failure.reason, ctx)
+                }
             }
         }));
     }
@@ -534,14 +618,14 @@ impl Handler<Due> for SnapshotActor {
 
     fn handle(&mut self, _: Due, ctx: &mut Context<Self>) {
         self.timer = None;
-        if self.stopping || self.busy {
-            return;
-        }
-        let Some(mut remote) = self.remote.take() else {
-            ctx.notify(Connect);
-            return;
+        let (mut remote, forced) = match self.life.start_snapshot() {
+            OnDue::Snapshot { remote, forced } => (remote, forced),
+            OnDue::Connect => {
+                ctx.notify(Connect);
+                return;
+            }
+            OnDue::Ignore => return,
         };
-        let forced = self.forced;
         let due = if forced {
             SystemTime::now()
         } else {
@@ -551,8 +635,6 @@ impl Handler<Due> for SnapshotActor {
         let pool = self.shared.pool.clone();
         let srvid = self.spec.srvid;
         let logger = self.logger.clone();
-        self.busy = true;
-        self.in_snapshot = true;
         let deadline = work_deadline(&self.settings);
         let remote_silence = self.settings.remote_silence;
         // Given back if the snapshot does not record them.
@@ -611,7 +693,7 @@ impl Handler<Due> for SnapshotActor {
         let logger = self.logger.clone();
         let password = self.spec.password.clone().unwrap_or_default();
         let work = async move {
-            let result = work.await;
+            let result = settle_commit(&pool, srvid, work.await, &logger).await;
             // A snapshot lost as a whole is written where powa-web shows it.
             let lost = match &result {
                 Ok((_, _, Err(e))) => Some(e.to_string()),
@@ -624,9 +706,6 @@ impl Handler<Due> for SnapshotActor {
             result
         };
         ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
-            act.busy = false;
-            act.in_snapshot = false;
-            act.forced = false;
             let now = SystemTime::now();
             let recorded =
                 matches!(&result, Ok((_, _, Ok(report))) if report.not_recorded.is_none());
@@ -636,7 +715,7 @@ impl Handler<Due> for SnapshotActor {
             }
             match result {
                 Ok((remote, waited, Ok(report))) => {
-                    act.remote = Some(remote);
+                    act.life.work_ended(Some(remote));
                     act.failures = 0;
                     if report.errors.is_empty() {
                         info!(act.logger, "snapshot taken"; "rows" => report.rows,
@@ -679,13 +758,16 @@ impl Handler<Due> for SnapshotActor {
                     act.publish();
                 }
                 Ok((_, _, Err(e))) => {
+                    act.life.work_ended(None);
                     let repository = matches!(e, SnapshotError::Repository { .. });
                     act.fail(e.kind(), repository, e.to_string(), ctx)
                 }
-                Err(failure) => act.fail(failure.kind, failure.repository, failure.reason, ctx),
+                Err(failure) => {
+                    act.life.work_ended(None);
+                    act.fail(failure.kind, failure.repository, failure.reason, ctx)
+                }
             }
-            if act.stopping {
-                act.remote = None;
+            if act.life.stopping() {
                 act.set_state(WorkerState::Stopped);
                 act.wake_idle_waiters();
             }
@@ -697,16 +779,17 @@ impl Handler<ForceSnapshot> for SnapshotActor {
     type Result = Result<ForceAccepted, String>;
 
     fn handle(&mut self, _: ForceSnapshot, ctx: &mut Context<Self>) -> Self::Result {
-        if self.in_snapshot {
+        let refusal = self.life.may_force().err();
+        if refusal == Some(ForceRefusal::InProgress) {
             return Err("A snapshot is already in progress".to_string());
         }
-        if self.forced {
+        if refusal == Some(ForceRefusal::AlreadyForced) {
             return Err("A snapshot is already forced".to_string());
         }
-        if !self.healthy() || self.busy || self.remote.is_none() {
+        if !self.healthy() || refusal == Some(ForceRefusal::NotReady) {
             return Err(format!(
                 "Server is not ready: {}",
-                self.report.state.powa_web_text(SystemTime::now())
+                protocol::worker_state(&self.report.state, SystemTime::now())
             ));
         }
         if let Some(last) = self.report.last_snapshot {
@@ -716,7 +799,7 @@ impl Handler<ForceSnapshot> for SnapshotActor {
         }
         let (running, waiting) = self.shared.gate.load();
         let free = running < self.settings.max_concurrent_snapshots && waiting == 0;
-        self.forced = true;
+        self.life.force();
         self.cancel_timer(ctx);
         ctx.notify(Due);
         Ok(if free {
@@ -732,41 +815,35 @@ impl Handler<Refresh> for SnapshotActor {
 
     fn handle(&mut self, Refresh(settings): Refresh, ctx: &mut Context<Self>) {
         self.settings = settings;
-        if self.busy || self.stopping {
+        if self.life.busy() || self.life.stopping() {
             return;
         }
-        let Some(remote) = self.remote.take().filter(|_| self.healthy()) else {
+        let healthy = self.healthy();
+        let Some(remote) = self.life.start_refreshing(healthy) else {
             // Not healthy: try again now, from a clean slate.
             info!(self.logger, "reconnecting on reload");
             self.failures = 0;
             self.cancel_timer(ctx);
-            self.remote = None;
             ctx.notify(Connect);
             return;
         };
         // Healthy: keep the session and the rhythm, redo the bookkeeping.
         let pool = self.shared.pool.clone();
         let srvid = self.spec.srvid;
-        self.busy = true;
-        let deadline = work_deadline(&self.settings);
+        let settings = self.settings.clone();
         let work = guarded(async move {
-            let repo = pool.get().await.map_err(pool_failure)?;
-            within(deadline, "the version bookkeeping", async {
-                repository::update_versions(&repo, repo.layout(), &remote.client, srvid)
-                    .await
-                    .map_err(|e| StepFailure::new(e.kind(), e))
-            })
-            .await?;
+            bookkeeping(&pool, &remote.client, srvid, &settings).await?;
             Ok(remote)
         });
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
-            act.busy = false;
             match result {
-                Ok(remote) => act.remote = Some(remote),
-                Err(failure) => act.fail(failure.kind, failure.repository, failure.reason, ctx),
+                Ok(remote) => act.life.work_ended(Some(remote)),
+                Err(failure) => {
+                    act.life.work_ended(None);
+                    act.fail(failure.kind, failure.repository, failure.reason, ctx)
+                }
             }
-            if act.stopping {
-                act.remote = None;
+            if act.life.stopping() {
                 act.wake_idle_waiters();
             }
         }));
@@ -781,7 +858,7 @@ impl Handler<RefreshCatalogs> for SnapshotActor {
         RefreshCatalogs(dbnames): RefreshCatalogs,
         _: &mut Context<Self>,
     ) -> Self::Result {
-        if let Some(remote) = &self.remote {
+        if let Some(remote) = self.life.idle_remote() {
             if remote.layout.generation() == Generation::Four {
                 return Err("PoWA 4 keeps no catalogs: nothing to refresh".to_string());
             }
@@ -797,8 +874,7 @@ impl Handler<Retire> for SnapshotActor {
 
     fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
         info!(self.logger, "server removed from the fleet, stopping");
-        self.stopping = true;
-        self.remote = None;
+        self.life.retire();
         ctx.stop();
     }
 }
@@ -807,10 +883,9 @@ impl Handler<Shutdown> for SnapshotActor {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
-        self.stopping = true;
+        let waiting = self.life.shut_down();
         self.cancel_timer(ctx);
-        if !self.busy {
-            self.remote = None;
+        if !waiting {
             self.set_state(WorkerState::Stopped);
             return Box::pin(async {});
         }

@@ -6,13 +6,14 @@
 //! nothing here talks to a database.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use actix::prelude::*;
-use serde::Serialize;
 
 use crate::liveness::Component;
 use crate::probes::{Probes, LATE_AFTER};
+use crate::protocol;
+pub use crate::report::{WorkerReport, WorkerState};
 use crate::server::SrvId;
 
 /// Replace the report of one server.
@@ -43,95 +44,6 @@ pub struct WorkersStatus {
 #[rtype(result = "Vec<WorkerReport>")]
 pub struct Details {
     pub wanted: Option<SrvId>,
-}
-
-/// What a snapshot actor is doing, as far as a user cares.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
-pub enum WorkerState {
-    /// Connecting and checking versions.
-    Starting,
-    /// Healthy: connected, on schedule (possibly taking a snapshot).
-    Running,
-    /// The remote server cannot be reached; retried with backoff.
-    NoRemote(String),
-    /// The repository cannot be reached; retried with backoff.
-    NoRepository(String),
-    /// Failed; a new attempt is planned at the given time.
-    Restarting {
-        at: SystemTime,
-        reason: String,
-    },
-    /// Waiting will not help (bad credentials, version mismatch, not
-    /// registered): nothing is collected until a reload.
-    Failed(String),
-    Stopping,
-    Stopped,
-}
-
-impl WorkerState {
-    /// The text WORKERS_STATUS answers. powa-web knows `running`,
-    /// `stopping`, `stopped` and the two `no connection` strings by heart
-    /// and shows anything else as it is.
-    pub fn powa_web_text(&self, now: SystemTime) -> String {
-        match self {
-            WorkerState::Starting => "starting".to_string(),
-            WorkerState::Running => "running".to_string(),
-            WorkerState::NoRemote(_) => "no connection to remote server".to_string(),
-            WorkerState::NoRepository(_) => "no connection to repository server".to_string(),
-            WorkerState::Restarting { at, reason } => {
-                let wait = at.duration_since(now).unwrap_or(Duration::ZERO);
-                format!("restarting in {}s: {reason}", wait.as_secs())
-            }
-            WorkerState::Failed(reason) => format!("error: {reason}"),
-            WorkerState::Stopping => "stopping".to_string(),
-            WorkerState::Stopped => "stopped".to_string(),
-        }
-    }
-}
-
-/// Everything known about one server's collection.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct WorkerReport {
-    pub srvid: SrvId,
-    /// Alias or `host:port`, per `use_server_alias`.
-    pub name: String,
-    pub state: WorkerState,
-    /// When the last successful snapshot ended.
-    pub last_snapshot: Option<SystemTime>,
-    pub last_duration: Option<Duration>,
-    /// How long the last snapshot started after its due time (waiting for
-    /// a concurrency slot): the collection's lag behind its schedule.
-    pub last_lag: Option<Duration>,
-    pub last_rows: u64,
-    /// Errors of the last snapshot or connection attempt (redacted).
-    pub last_errors: Vec<String>,
-    pub restarts: u32,
-    pub next_due: Option<SystemTime>,
-    /// Scheduled snapshots skipped because the previous ones ran late.
-    pub skipped: u64,
-    /// Whether the session on the remote server is encrypted; `None` until
-    /// the first connection.
-    pub tls: Option<bool>,
-}
-
-impl WorkerReport {
-    pub fn new(srvid: SrvId, name: String) -> WorkerReport {
-        WorkerReport {
-            srvid,
-            name,
-            state: WorkerState::Starting,
-            last_snapshot: None,
-            last_duration: None,
-            last_lag: None,
-            last_rows: 0,
-            last_errors: Vec::new(),
-            restarts: 0,
-            next_due: None,
-            skipped: 0,
-            tls: None,
-        }
-    }
 }
 
 #[derive(Default)]
@@ -218,7 +130,7 @@ impl Handler<WorkersStatus> for StatusActor {
         let now = SystemTime::now();
         MessageResult(
             self.selected(msg.wanted)
-                .map(|r| (r.srvid, r.state.powa_web_text(now)))
+                .map(|r| (r.srvid, protocol::worker_state(&r.state, now)))
                 .collect(),
         )
     }
@@ -270,18 +182,5 @@ mod tests {
         status.send(Forget(2)).await.unwrap();
         let all = status.send(WorkersStatus { wanted: None }).await.unwrap();
         assert_eq!(all, vec![(1, "stopping".to_string())]);
-    }
-
-    #[test]
-    fn restarting_shows_the_wait_and_the_reason() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
-        let state = WorkerState::Restarting {
-            at: now + Duration::from_secs(8),
-            reason: "connection refused".into(),
-        };
-        assert_eq!(
-            state.powa_web_text(now),
-            "restarting in 8s: connection refused"
-        );
     }
 }

@@ -1,26 +1,17 @@
-//! Throwaway PostgreSQL clusters with PoWA, for powa-fleet's integration
-//! tests, its `demo` command and its benchmarks.
+//! Test-only helpers for powa-fleet's integration tests and benchmarks, on
+//! top of the sandbox (throwaway clusters, fleet, workload), which this
+//! crate re-exports under its old paths.
 //!
-//! A [`Cluster`] is one `initdb` in a temporary directory, listening on its
-//! own loopback port, stopped and removed when dropped (even when a test
-//! panics). A [`Fleet`] is a repository plus remote servers set up for
-//! PoWA 4.1 or 5, whichever the PostgreSQL installation has, with helpers to register
-//! servers and generate a workload.
-//! [`daemon`] runs the powa-fleet binary and talks to it as powa-web does.
-//! The PostgreSQL programs come from `POWAFLEET_PG_BINDIR` (default: the
-//! Debian PostgreSQL 15 directory); as root they run as `postgres`.
+//! [`certs`] makes a test CA and certificates; [`daemon`] runs the
+//! powa-fleet binary and talks to it as powa-web does; [`reference`]
+//! launches (and installs) the reference collector; [`simfleet`] simulates
+//! a fleet on many loopback addresses. None of this ships in the binary.
 
 pub mod certs;
-pub mod cluster;
 pub mod daemon;
-pub mod error;
-pub mod fleet;
-pub mod pgbin;
 pub mod reference;
 pub mod simfleet;
-pub mod workload;
 
-pub use cluster::{Cluster, ClusterOptions, ServerTls};
-pub use error::HarnessError;
-pub use fleet::Fleet;
-pub use pgbin::{require_binaries, PgBin};
+pub use powa_fleet_sandbox::{cluster, error, fleet, pgbin, workload};
+pub use powa_fleet_sandbox::{require_binaries, Cluster, ClusterOptions, Fleet, HarnessError};
+pub use powa_fleet_sandbox::{PgBin, ServerTls};

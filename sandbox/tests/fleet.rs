@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use powa_fleet_harness::fleet::{
+use powa_fleet_sandbox::fleet::{
     activate_db_modules, powa_major_version, setup_second_database, DB_MODULES,
 };
-use powa_fleet_harness::workload::SECOND_DATABASE;
-use powa_fleet_harness::{require_binaries, Fleet};
+use powa_fleet_sandbox::workload::SECOND_DATABASE;
+use powa_fleet_sandbox::{require_binaries, Fleet};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fleet_has_powa_everywhere_and_registers_servers() {

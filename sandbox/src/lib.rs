@@ -1,0 +1,22 @@
+//! Throwaway PostgreSQL clusters with PoWA, for powa-fleet's `demo` command,
+//! its integration tests and its benchmarks. Product code: the release
+//! binary links it for `demo`; test-only helpers live in the harness.
+//!
+//! A [`Cluster`] is one `initdb` in a temporary directory, listening on its
+//! own loopback port, stopped and removed when dropped (even when a test
+//! panics). A [`Fleet`] is a repository plus remote servers set up for
+//! PoWA 4.1 or 5, whichever the PostgreSQL installation has, with helpers to register
+//! servers and generate a workload.
+//! The PostgreSQL programs come from `POWAFLEET_PG_BINDIR` (default: the
+//! Debian PostgreSQL 15 directory); as root they run as `postgres`.
+
+pub mod cluster;
+pub mod error;
+pub mod fleet;
+pub mod pgbin;
+pub mod workload;
+
+pub use cluster::{Cluster, ClusterOptions, ServerTls};
+pub use error::HarnessError;
+pub use fleet::Fleet;
+pub use pgbin::{require_binaries, PgBin};
