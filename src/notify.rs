@@ -42,6 +42,9 @@ pub struct Systemd {
 
 #[derive(Default)]
 struct Reloading {
+    /// READY=1 was sent: the start-up load (and its retries), which goes
+    /// through the reload path too, is not a reload for systemd.
+    ready: AtomicBool,
     pending: AtomicBool,
     /// Reloads finished when this one began.
     done_before: AtomicU64,
@@ -57,6 +60,9 @@ impl Systemd {
     /// A reload begins (SIGHUP or RELOAD): `RELOADING=1`; the thread sends
     /// `READY=1` when the supervisor has finished it.
     pub fn reloading(&self, probes: &Probes, logger: &Logger) {
+        if !self.inner.ready.load(Ordering::Relaxed) {
+            return;
+        }
         self.inner
             .done_before
             .store(probes.readiness.reloads_done(), Ordering::Relaxed);
@@ -94,6 +100,7 @@ impl Systemd {
             let line = probes.fleet.line();
             if !ready && probes.readiness.listening() && probes.readiness.servers_loaded() {
                 ready = true;
+                self.inner.ready.store(true, Ordering::Relaxed);
                 send(&[NotifyState::Ready, NotifyState::Status(&line)], &logger);
                 last_status = line.clone();
                 status_at = Instant::now();
