@@ -44,6 +44,9 @@ fn build_package() -> PathBuf {
     let release = target.join("release");
     std::fs::create_dir_all(&release).unwrap();
     std::fs::copy(BIN, release.join("powa-fleet")).unwrap();
+    // Stripped here: compressing the debug information of a debug build
+    // would take cargo-deb minutes.
+    run(Command::new("strip").arg(release.join("powa-fleet")));
     let assets = release.join("assets");
     run(Command::new(release.join("powa-fleet"))
         .arg("generate-assets")
