@@ -89,6 +89,14 @@ fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS.into_iter())
 }
 
+/// The counters of a server's last report.
+struct Seen {
+    name: String,
+    restarts: u32,
+    skipped: u64,
+    last_snapshot: Option<SystemTime>,
+}
+
 /// A cloneable handle on the registry and its families.
 #[derive(Clone)]
 pub struct Metrics {
@@ -107,8 +115,9 @@ struct Inner {
     commands: Family<CommandLabels, Counter>,
     reload_ok: Gauge,
     reload_time: FloatGauge,
-    /// The label set each server's series carry now.
-    names: Mutex<HashMap<SrvId, String>>,
+    /// What the last report of each server said, for the counters'
+    /// differences and the label set its series carry now.
+    seen: Mutex<HashMap<SrvId, Seen>>,
     gate: Arc<OnceLock<Gate>>,
     readiness: Arc<OnceLock<Readiness>>,
     log_drops: Arc<OnceLock<CountSource>>,
@@ -211,7 +220,7 @@ impl Metrics {
                 commands,
                 reload_ok,
                 reload_time,
-                names: Mutex::new(HashMap::new()),
+                seen: Mutex::new(HashMap::new()),
                 gate,
                 readiness,
                 log_drops,
@@ -241,8 +250,8 @@ impl Metrics {
         }
     }
 
-    fn names(&self) -> std::sync::MutexGuard<'_, HashMap<SrvId, String>> {
-        self.inner.names.lock().unwrap_or_else(|p| p.into_inner())
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<SrvId, Seen>> {
+        self.inner.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn remove_series(&self, srvid: SrvId, name: &str) {
@@ -274,29 +283,44 @@ impl Metrics {
             .clone()
     }
 
-    /// A new report of one server, `previous` being the one it replaces.
-    pub fn report(&self, report: &WorkerReport, previous: Option<&WorkerReport>) {
+    /// A new report of one server. Counters grow by the difference with
+    /// the last report seen here (not the status actor's copy, which a
+    /// restart of that actor may lose): a report sent again counts nothing
+    /// twice.
+    pub fn report(&self, report: &WorkerReport) {
         let (srvid, name) = (report.srvid, report.name.as_str());
-        {
-            let mut names = self.names();
-            if let Some(old) = names.insert(srvid, name.to_string()) {
-                if old != name {
-                    self.remove_series(srvid, &old);
+        let previous = {
+            let mut seen = self.seen();
+            let now = Seen {
+                name: name.to_string(),
+                restarts: report.restarts,
+                skipped: report.skipped,
+                last_snapshot: report.last_snapshot,
+            };
+            match seen.insert(srvid, now) {
+                Some(old) if old.name != name => {
+                    self.remove_series(srvid, &old.name);
+                    None
                 }
+                old => old,
             }
-        }
-        // A worker started again (changed row) begins a new report.
-        let previous = previous.filter(|p| p.name == report.name);
+        };
         let i = &self.inner;
         let labels = self.labels(srvid, name);
         i.server_up
             .get_or_create(&labels)
             .set((report.state == WorkerState::Running).into());
-        let restarts = report.restarts - previous.map_or(0, |p| p.restarts.min(report.restarts));
+        // A worker started again (changed row) counts from zero again.
+        let restarts = report.restarts
+            - previous
+                .as_ref()
+                .map_or(0, |p| p.restarts.min(report.restarts));
         i.restarts.get_or_create(&labels).inc_by(restarts.into());
-        let skipped = report.skipped - previous.map_or(0, |p| p.skipped.min(report.skipped));
-        let skipped_counter = self.outcome(srvid, name, "skipped");
-        skipped_counter.inc_by(skipped);
+        let skipped = report.skipped
+            - previous
+                .as_ref()
+                .map_or(0, |p| p.skipped.min(report.skipped));
+        self.outcome(srvid, name, "skipped").inc_by(skipped);
         let ok = self.outcome(srvid, name, "ok");
         // Present from the start, at zero.
         self.outcome(srvid, name, "error");
@@ -323,7 +347,7 @@ impl Metrics {
 
     /// A snapshot of this server was lost or refused by the repository.
     pub fn snapshot_failed(&self, srvid: SrvId) {
-        let name = self.names().get(&srvid).cloned();
+        let name = self.seen().get(&srvid).map(|s| s.name.clone());
         if let Some(name) = name {
             self.outcome(srvid, &name, "error").inc();
         }
@@ -331,9 +355,9 @@ impl Metrics {
 
     /// The server left the fleet: its series go.
     pub fn forget(&self, srvid: SrvId) {
-        let name = self.names().remove(&srvid);
-        if let Some(name) = name {
-            self.remove_series(srvid, &name);
+        let seen = self.seen().remove(&srvid);
+        if let Some(seen) = seen {
+            self.remove_series(srvid, &seen.name);
         }
     }
 
@@ -562,8 +586,8 @@ mod tests {
     #[test]
     fn series_follow_reports_and_go_with_the_server() {
         let m = Metrics::new();
-        let mut r = report(3, "we\"ird\\alias\nx");
-        m.report(&r, None);
+        let r = report(3, "we\"ird\\alias\nx");
+        m.report(&r);
         let mut next = r.clone();
         next.state = WorkerState::Running;
         next.last_snapshot = Some(UNIX_EPOCH + Duration::from_secs(1000));
@@ -571,11 +595,11 @@ mod tests {
         next.last_rows = 42;
         next.restarts = 2;
         next.skipped = 1;
-        m.report(&next, Some(&r));
+        m.report(&next);
         m.snapshot_failed(3);
-        r = next.clone();
-        // The same report again counts nothing twice.
-        m.report(&r, Some(&next));
+        // The same report again (a status actor restarted, say) counts
+        // nothing twice.
+        m.report(&next);
         let text = m.encode_text();
         let labels = r#"srvid="3",server="we\"ird\\alias\nx""#;
         for line in [
@@ -602,10 +626,8 @@ mod tests {
     #[test]
     fn a_renamed_server_keeps_only_its_new_series() {
         let m = Metrics::new();
-        let a = report(1, "old:5432");
-        m.report(&a, None);
-        let b = report(1, "new:5432");
-        m.report(&b, Some(&a));
+        m.report(&report(1, "old:5432"));
+        m.report(&report(1, "new:5432"));
         let text = m.encode_text();
         assert!(!text.contains("old:5432"), "{text}");
         assert!(text.contains("new:5432"), "{text}");

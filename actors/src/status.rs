@@ -97,8 +97,7 @@ impl Handler<Report> for StatusActor {
     type Result = ();
 
     fn handle(&mut self, Report(report): Report, _: &mut Self::Context) {
-        let previous = self.workers.get(&report.srvid);
-        self.probes.metrics.report(&report, previous);
+        self.probes.metrics.report(&report);
         self.workers.insert(report.srvid, report);
         self.summarise();
     }
