@@ -11,6 +11,7 @@
 //!   cargo bench --bench fleet -- datasource [statements] [comment_bytes] [collectors]
 //!   cargo bench --bench fleet -- scale [servers] [frequency] [window] [collectors]
 //!   cargo bench --bench fleet -- soak [servers] [frequency] [minutes]
+//!   cargo bench --bench fleet -- scrape [servers] [frequency] [window]
 //!   cargo bench --bench fleet -- smoke
 //! Collectors, comma-separated: `fleet`, `fleet:limit=N`, `fleet:threads=N`,
 //! `fleet:sslmode=MODE` (options combine: `fleet:limit=1:threads=1`),
@@ -537,6 +538,94 @@ fn scale(args: &[String]) {
     }
 }
 
+/// One GET of `/metrics` over a plain TCP connection: (milliseconds, body bytes).
+fn scrape_once(address: &str) -> Option<(f64, usize)> {
+    use std::io::{Read, Write};
+    let asked = Instant::now();
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).ok()?;
+    let elapsed = asked.elapsed().as_secs_f64() * 1000.0;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then_some((elapsed, body.len()))
+}
+
+/// Many servers, the HTTP endpoint on: how long a scrape takes and how big
+/// it is, and WORKERS_STATUS latency without and with a scrape a second.
+fn scrape(args: &[String]) {
+    let servers: usize = arg(args, 0, 1000);
+    let frequency: i32 = arg(args, 1, 300);
+    let window: u64 = arg(args, 2, 60);
+    println!("scrape: {servers} servers at {frequency}s, two {window}s windows after 30s");
+    let fleet = SimFleet::build(servers, servers + 60, 200, 0).unwrap();
+    fleet.register(0..servers, frequency).unwrap();
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let config = format!("[log]\nlevel = \"warning\"\n[http]\nlisten = \"{address}\"\n");
+    let mut daemon = Daemon::start(Path::new(BIN), &fleet.repository_dsn(), &config).unwrap();
+    let pid = daemon.pid() as u32;
+    std::thread::sleep(Duration::from_secs(30));
+    let quiet = measure_window(&fleet, pid, window, Duration::from_millis(200));
+    let stop = Arc::new(AtomicBool::new(false));
+    let scraper = {
+        let stop = stop.clone();
+        let address = address.clone();
+        std::thread::spawn(move || {
+            let mut scrapes = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                if let Some(scrape) = scrape_once(&address) {
+                    scrapes.push(scrape);
+                }
+                std::thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed()));
+            }
+            scrapes
+        })
+    };
+    let scraped = measure_window(&fleet, pid, window, Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let scrapes = scraper.join().unwrap();
+    daemon.signal(Signal::SIGTERM);
+    daemon.wait_exit(Duration::from_secs(15));
+    let mut times: Vec<f64> = scrapes.iter().map(|(ms, _)| *ms).collect();
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let bytes = scrapes.last().map_or(0, |(_, b)| *b);
+    println!(
+        "scrapes n={} p50={:.2}ms p99={:.2}ms max={:.2}ms bytes={bytes}",
+        times.len(),
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        percentile(&times, 1.0)
+    );
+    println!("| WORKERS_STATUS | n | unanswered | p50 ms | p99 ms | max ms | CPU s | RSS MiB |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, w) in [("no scrape", &quiet), ("a scrape every second", &scraped)] {
+        println!(
+            "| {name} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} |",
+            w.latency.len(),
+            w.unanswered,
+            percentile(&w.latency, 0.5),
+            percentile(&w.latency, 0.99),
+            percentile(&w.latency, 1.0),
+            w.cpu,
+            w.memory.rss_mib,
+        );
+    }
+}
+
 /// A fault made to one remote cluster (all its servers) for a while.
 #[derive(Clone, Copy, Debug)]
 enum Fault {
@@ -695,9 +784,12 @@ fn main() {
         Some("datasource") => datasource(rest),
         Some("scale") => scale(rest),
         Some("soak") => soak(rest),
+        Some("scrape") => scrape(rest),
         Some("smoke") => compare(&["4".into(), "5".into(), "10".into(), "fleet".into()]),
         Some(other) => {
-            eprintln!("unknown benchmark {other:?}: compare, datasource, scale, soak or smoke");
+            eprintln!(
+                "unknown benchmark {other:?}: compare, datasource, scale, soak, scrape or smoke"
+            );
             std::process::exit(2);
         }
     }

@@ -40,6 +40,9 @@ pub struct GlobalArgs {
     /// Snapshots allowed to run at once, fleet-wide
     #[arg(long, global = true, value_name = "N")]
     pub max_concurrent_snapshots: Option<usize>,
+    /// Serve /metrics, /healthz and /readyz on this address:port
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub http_listen: Option<String>,
 }
 
 impl GlobalArgs {
@@ -66,6 +69,7 @@ impl GlobalArgs {
             log_format: self.log_format.clone(),
             log_file: self.log_file.clone(),
             max_concurrent_snapshots: self.max_concurrent_snapshots,
+            http_listen: self.http_listen.clone(),
         }
     }
 }
@@ -97,6 +101,12 @@ pub enum Command {
         /// Seconds to wait for the answer
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
+    },
+    /// Write the man page and shell completions into a directory (packaging)
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Where to write powa-fleet.1 and completions/
+        dir: PathBuf,
     },
     /// Ask a running collector to take a snapshot of one server now
     Snapshot {

@@ -95,6 +95,25 @@ pub struct Config {
     pub restart: RestartSection,
     #[serde(default)]
     pub shutdown: ShutdownSection,
+    #[serde(default)]
+    pub http: HttpSection,
+}
+
+/// The HTTP endpoint (`/metrics`, `/healthz`, `/readyz`), off unless
+/// `listen` is set.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// `address:port` to listen on, e.g. `127.0.0.1:9188`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+impl HttpSection {
+    /// The address to listen on, validated at load.
+    pub fn address(&self) -> Option<std::net::SocketAddr> {
+        self.listen.as_deref().and_then(|l| l.parse().ok())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -231,6 +250,7 @@ pub struct Flags {
     pub log_format: Option<String>,
     pub log_file: Option<PathBuf>,
     pub max_concurrent_snapshots: Option<usize>,
+    pub http_listen: Option<String>,
 }
 
 impl Flags {
@@ -259,6 +279,9 @@ impl Flags {
         }
         if let Some(n) = self.max_concurrent_snapshots {
             section("snapshots", "max_concurrent", n.into());
+        }
+        if let Some(listen) = &self.http_listen {
+            section("http", "listen", listen.clone().into());
         }
         if self.debug {
             root.insert("debug".into(), true.into());
@@ -502,6 +525,14 @@ fn validate(config: &Config, figment: &Figment, file: Option<String>) -> Result<
             return Err(bad("repository.dsn", format!("does not parse: {e}")));
         }
     }
+    if let Some(listen) = &config.http.listen {
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad(
+                "http.listen",
+                format!("is {listen:?}, expected address:port such as 127.0.0.1:9188"),
+            ));
+        }
+    }
     if config.snapshots.max_concurrent == 0 {
         return Err(bad(
             "snapshots.max_concurrent",
@@ -562,6 +593,22 @@ fn source_label(key: &str, metadata: &Metadata) -> String {
     } else {
         metadata.name.to_string()
     }
+}
+
+/// The settings changed from `running` to `new` that a reload cannot
+/// apply (threads and the session pool are sized at start).
+pub fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
+    let mut names = Vec::new();
+    if new.snapshots.worker_threads != running.snapshots.worker_threads {
+        names.push("snapshots.worker_threads".to_string());
+    }
+    if new.snapshots.max_concurrent > running.snapshots.max_concurrent {
+        names.push(format!(
+            "snapshots.max_concurrent above {} (the repository session pool is sized at start)",
+            running.snapshots.max_concurrent
+        ));
+    }
+    names
 }
 
 fn secs(value: f64) -> Duration {
@@ -763,6 +810,10 @@ mod tests {
                     "repository.dsn",
                 ),
                 ("[repository\ndsn = 'x'\n", "fleet.toml"),
+                (
+                    "[repository]\ndsn = 'host=a'\n[http]\nlisten = 'localhost'\n",
+                    "http.listen",
+                ),
             ];
             for (text, needle) in cases {
                 jail.create_file("fleet.toml", text)?;
@@ -825,6 +876,51 @@ mod tests {
             assert!(err.to_string().contains("sslmode"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn http_listen_from_file_environment_or_flag() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "fleet.toml",
+                "[repository]\ndsn = 'host=a'\n[http]\nlisten = '127.0.0.1:9188'\n",
+            )?;
+            let address = |flags: Flags| {
+                load(&sources(Some("fleet.toml"), flags))
+                    .unwrap()
+                    .config
+                    .http
+                    .address()
+                    .map(|a| a.to_string())
+            };
+            assert_eq!(address(Flags::default()).as_deref(), Some("127.0.0.1:9188"));
+            jail.set_env("POWA_FLEET_HTTP__LISTEN", "127.0.0.2:9000");
+            assert_eq!(address(Flags::default()).as_deref(), Some("127.0.0.2:9000"));
+            let flag = Flags {
+                http_listen: Some("[::1]:9188".into()),
+                ..Flags::default()
+            };
+            assert_eq!(address(flag).as_deref(), Some("[::1]:9188"));
+            jail.create_file("fleet.toml", "[repository]\ndsn = 'host=a'\n")?;
+            jail.clear_env();
+            assert_eq!(address(Flags::default()), None);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn settings_sized_at_start_need_a_restart() {
+        let running = Config::default();
+        let mut new = running.clone();
+        new.snapshots.max_concurrent = 1;
+        new.http.listen = Some("127.0.0.1:9188".into());
+        assert!(restart_needed(&running, &new).is_empty());
+        new.snapshots.worker_threads = 3;
+        new.snapshots.max_concurrent = 8;
+        let names = restart_needed(&running, &new);
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(names[0], "snapshots.worker_threads");
+        assert!(names[1].starts_with("snapshots.max_concurrent above 2"));
     }
 
     #[test]

@@ -128,6 +128,7 @@ fn config() -> impl Strategy<Value = Config> {
         timeouts,
         restart,
         seconds(true),
+        proptest::option::of((any::<[u8; 4]>(), 1u16..)),
     )
         .prop_map(
             |(
@@ -138,6 +139,7 @@ fn config() -> impl Strategy<Value = Config> {
                 timeouts,
                 restart,
                 grace,
+                listen,
             )| {
                 Config {
                     debug,
@@ -152,6 +154,10 @@ fn config() -> impl Strategy<Value = Config> {
                     timeouts,
                     restart,
                     shutdown: ShutdownSection { grace },
+                    http: HttpSection {
+                        listen: listen
+                            .map(|([a, b, c, d], port)| format!("{a}.{b}.{c}.{d}:{port}")),
+                    },
                 }
             },
         )

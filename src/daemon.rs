@@ -10,6 +10,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use powa_fleet_actors::connect::connect_repository;
 use powa_fleet_actors::listener::{Listener, NewSettings};
+use powa_fleet_actors::liveness;
+use powa_fleet_actors::probes::Probes;
 use powa_fleet_actors::repository;
 use powa_fleet_actors::status::StatusActor;
 use powa_fleet_actors::supervisor::{Reload, StopAll, Supervisor};
@@ -17,9 +19,12 @@ use slog::{error, info, warn, Logger};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{self, Loaded, Sources};
+use crate::http::Endpoint;
 use crate::logging::Logging;
+use crate::notify::Systemd;
 
-/// Exit code when the repository is unusable at start-up.
+/// Exit code when the repository is unusable at start-up, the HTTP
+/// address cannot be bound, or an actor is wedged or dead.
 const EXIT_STARTUP: u8 = 1;
 
 /// Stop signals this close to the first one are the same request.
@@ -29,6 +34,7 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
     let logger = logging.logger.clone();
     let flusher = logging.clone();
     let settings = loaded.settings();
+    let http_listen = loaded.config.http.address();
     let system = System::new();
     let code = system.block_on(async move {
         if let Err(message) = check_repository(&settings).await {
@@ -37,32 +43,82 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
         }
         info!(logger, "starting"; "version" => env!("CARGO_PKG_VERSION"),
             "max_concurrent_snapshots" => settings.max_concurrent_snapshots);
-        let status = StatusActor::default().start();
+        let probes = Probes::default();
+        probes.metrics.watch_readiness(probes.readiness.clone());
+        {
+            let logging = logging.clone();
+            probes
+                .metrics
+                .watch_log_drops(move || logging.lines_dropped());
+        }
+        let mut endpoint = Endpoint::new(probes.clone(), logger.clone());
+        if let Err(message) = endpoint.apply(http_listen).await {
+            error!(logger, "cannot start"; "error" => &message);
+            return ExitCode::from(EXIT_STARTUP);
+        }
+        let systemd = Systemd::default();
+        watch_liveness(&probes, &logger, &logging);
+        if let Err(e) = systemd.spawn(probes.clone(), logger.clone()) {
+            warn!(logger, "cannot notify systemd"; "error" => %e);
+        }
+        let status = StatusActor::default().with_probes(probes.clone()).start();
         let listener_settings = Arc::new(settings.clone());
         let reload_logger = logger.clone();
         let (settings_tx, mut settings_rx) = tokio::sync::mpsc::unbounded_channel();
-        let reloader = Box::new(move || match config::load(&sources) {
-            Ok(loaded) => {
-                logging.set_level(loaded.log_level());
-                let settings = loaded.settings();
-                let _ = settings_tx.send(Arc::new(settings.clone()));
-                Ok(settings)
-            }
-            Err(e) => {
-                warn!(reload_logger, "configuration not reloaded"; "error" => %e);
-                Err(e.to_string())
+        let (http_tx, mut http_rx) = tokio::sync::mpsc::unbounded_channel();
+        let reload_systemd = systemd.clone();
+        let reload_probes = probes.clone();
+        let started_with = loaded.config.clone();
+        let reloader = Box::new(move || {
+            reload_systemd.reloading(&reload_probes, &reload_logger);
+            match config::load(&sources) {
+                Ok(loaded) => {
+                    logging.set_level(loaded.log_level());
+                    let new = &loaded.config;
+                    let mut restart_needed = config::restart_needed(&started_with, new);
+                    match logging.reload(new.log.format, new.log.file.as_deref()) {
+                        Ok(names) => restart_needed.extend(names.into_iter().map(String::from)),
+                        Err(e) => warn!(reload_logger,
+                            "log file not reopened, the current one is kept"; "error" => %e),
+                    }
+                    if !restart_needed.is_empty() {
+                        warn!(reload_logger, "changed settings wait for a restart";
+                            "settings" => restart_needed.join(", "));
+                    }
+                    let settings = loaded.settings();
+                    let _ = settings_tx.send(Arc::new(settings.clone()));
+                    let _ = http_tx.send(new.http.address());
+                    Ok((settings, restart_needed))
+                }
+                Err(e) => {
+                    warn!(reload_logger, "configuration not reloaded"; "error" => %e);
+                    Err(e.to_string())
+                }
             }
         });
         let supervisor =
-            Supervisor::new(settings.clone(), reloader, status.clone(), logger.clone()).start();
+            Supervisor::new(settings.clone(), reloader, status.clone(), logger.clone())
+                .with_probes(probes.clone())
+                .start();
         let listener = {
             let supervisor = supervisor.clone();
             let status = status.clone();
             let logger = logger.clone();
+            let probes = probes.clone();
             actix::Supervisor::start(move |_| {
-                Listener::new(listener_settings, supervisor, status, logger)
+                Listener::new(listener_settings, supervisor, status, logger).with_probes(probes)
             })
         };
+        {
+            let logger = logger.clone();
+            actix_rt::spawn(async move {
+                while let Some(listen) = http_rx.recv().await {
+                    if let Err(e) = endpoint.apply(listen).await {
+                        error!(logger, "HTTP endpoint not changed"; "error" => &e);
+                    }
+                }
+            });
+        }
         {
             let listener = listener.clone();
             actix_rt::spawn(async move {
@@ -71,7 +127,11 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
                 }
             });
         }
-        wait_for_signals(&supervisor, &logger, settings.shutdown_grace).await;
+        wait_for_signals(&supervisor, &logger, settings.shutdown_grace, || {
+            probes.liveness.set_stopping();
+            systemd.stopping(&logger);
+        })
+        .await;
         drop(listener);
         ExitCode::SUCCESS
     });
@@ -92,7 +152,28 @@ async fn check_repository(settings: &powa_fleet_actors::settings::Settings) -> R
     repository::check_supported(&version).map_err(|e| e.to_string())
 }
 
-async fn wait_for_signals(supervisor: &Addr<Supervisor>, logger: &Logger, grace: Duration) {
+/// End the process, reason logged, when an actor stops beating: it cannot
+/// be trusted to restart itself, and systemd restarts the whole daemon.
+fn watch_liveness(probes: &Probes, logger: &Logger, logging: &Logging) {
+    let exit_logger = logger.clone();
+    let logging = logging.clone();
+    let watching = probes.liveness.watch(liveness::CHECK_EVERY, move |reason| {
+        error!(exit_logger, "exiting: an actor is wedged or dead"; "reason" => &reason);
+        logging.flush();
+        eprintln!("powa-fleet: exiting: {reason}");
+        std::process::exit(EXIT_STARTUP.into());
+    });
+    if let Err(e) = watching {
+        warn!(logger, "cannot watch the actors' liveness"; "error" => %e);
+    }
+}
+
+async fn wait_for_signals(
+    supervisor: &Addr<Supervisor>,
+    logger: &Logger,
+    grace: Duration,
+    on_stop: impl FnOnce(),
+) {
     let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::hangup()),
         signal(SignalKind::terminate()),
@@ -113,6 +194,7 @@ async fn wait_for_signals(supervisor: &Addr<Supervisor>, logger: &Logger, grace:
         }
     }
     info!(logger, "stopping"; "grace_secs" => grace.as_secs_f64());
+    on_stop();
     let first = tokio::time::Instant::now();
     let stop = tokio::time::timeout(grace + Duration::from_secs(1), supervisor.send(StopAll));
     tokio::pin!(stop);

@@ -8,7 +8,6 @@
 //! ([`Logging::lines_dropped`]); stderr says so once, and again once lines
 //! get through, with how many were lost.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -17,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use slog::{o, Drain, Level, Logger};
 
 use crate::config::{ConfigError, LogFormat};
+use crate::logfile::ReopenableFile;
 
 /// Lines queued for the log thread before new ones are dropped.
 const QUEUE: usize = 4096;
@@ -143,6 +143,9 @@ impl Drain for NonBlocking {
 pub struct Logging {
     pub logger: Logger,
     level: Arc<AtomicUsize>,
+    /// The log file, reopened at each reload (SIGHUP after a rotation).
+    file: Option<ReopenableFile>,
+    format: LogFormat,
     losses: Arc<Losses>,
     // Flushes the asynchronous drain when the last clone goes.
     _guard: Arc<Mutex<Option<slog_async::AsyncGuard>>>,
@@ -154,21 +157,20 @@ impl Logging {
         format: LogFormat,
         file: Option<&Path>,
     ) -> Result<Logging, ConfigError> {
-        let (out, target): (Box<dyn Write + Send>, String) = match file {
-            Some(path) => (
-                Box::new(
-                    OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)
-                        .map_err(|e| ConfigError::LogFile {
-                            path: path.display().to_string(),
-                            reason: e.to_string(),
-                        })?,
-                ),
+        let reopenable = file
+            .map(|path| {
+                ReopenableFile::open(path).map_err(|e| ConfigError::LogFile {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?;
+        let (out, target): (Box<dyn Write + Send>, String) = match (file, &reopenable) {
+            (Some(path), Some(reopenable)) => (
+                Box::new(reopenable.clone()),
                 format!("log file {}", path.display()),
             ),
-            None => (Box::new(std::io::stderr()), "stderr".to_string()),
+            _ => (Box::new(std::io::stderr()), "stderr".to_string()),
         };
         let losses = Arc::new(Losses {
             target,
@@ -211,6 +213,8 @@ impl Logging {
         Ok(Logging {
             logger: Logger::root(drain.ignore_res(), o!()),
             level: level_cell,
+            file: reopenable,
+            format,
             losses,
             _guard: Arc::new(Mutex::new(Some(guard))),
         })
@@ -220,9 +224,30 @@ impl Logging {
         self.level.store(level.as_usize(), Ordering::Relaxed);
     }
 
+    /// Apply a reloaded `[log]` section: the file is reopened (by the same
+    /// name after a rotation, or the new one). What cannot change without
+    /// a restart (the format, stderr to a file or back) is returned.
+    pub fn reload(
+        &self,
+        format: LogFormat,
+        file: Option<&Path>,
+    ) -> Result<Vec<&'static str>, String> {
+        let mut restart = Vec::new();
+        if format != self.format {
+            restart.push("log.format");
+        }
+        match (&self.file, file) {
+            (Some(current), Some(path)) => current
+                .reopen(path)
+                .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?,
+            (None, None) => {}
+            _ => restart.push("log.file"),
+        }
+        Ok(restart)
+    }
+
     /// Log lines dropped since start (sink failing or queue full), for
     /// `powa_fleet_log_lines_dropped_total`.
-    #[cfg_attr(not(test), allow(dead_code))] // no metrics endpoint yet
     pub fn lines_dropped(&self) -> u64 {
         self.losses.dropped.load(Ordering::Relaxed)
     }

@@ -9,13 +9,17 @@
 //! - 2: configuration or usage error (nothing was started);
 //! - 3: a client command got no answer, or an `ERROR` answer.
 
+mod assets;
 mod check;
 mod cli;
 mod client;
 mod config;
 mod daemon;
 mod demo;
+mod http;
+mod logfile;
 mod logging;
+mod notify;
 
 use std::process::ExitCode;
 
@@ -38,6 +42,15 @@ fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Run);
     if let Command::Demo = command {
         return demo::run();
+    }
+    if let Command::GenerateAssets { dir } = &command {
+        return match assets::write(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("powa-fleet: cannot write to {}: {e}", dir.display());
+                ExitCode::from(1)
+            }
+        };
     }
     let loaded = match config::load(&sources) {
         Ok(loaded) => loaded,
@@ -65,7 +78,7 @@ fn main() -> ExitCode {
         Command::Snapshot { srvid, timeout } => {
             client::snapshot(&loaded.settings(), srvid, timeout)
         }
-        Command::Demo => unreachable!("handled above"),
+        Command::Demo | Command::GenerateAssets { .. } => unreachable!("handled above"),
     }
 }
 

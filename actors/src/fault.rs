@@ -11,6 +11,24 @@ use crate::server::SrvId;
 /// The variable naming the servers whose snapshots panic.
 pub const PANIC_ENV: &str = "POWAFLEET_FAULT_PANIC";
 
+/// `POWAFLEET_FAULT_WEDGE_STATUS=30`: the status actor's WORKERS_STATUS
+/// handler blocks its thread for 30 s, as a wedged actor would (liveness).
+pub const WEDGE_STATUS_ENV: &str = "POWAFLEET_FAULT_WEDGE_STATUS";
+
+#[cfg(feature = "fault-injection")]
+pub fn in_status_handler() {
+    if let Some(secs) = std::env::var(WEDGE_STATUS_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn in_status_handler() {}
+
 #[cfg(feature = "fault-injection")]
 pub fn before_snapshot(srvid: SrvId) {
     let Ok(list) = std::env::var(PANIC_ENV) else {

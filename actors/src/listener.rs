@@ -25,7 +25,9 @@ use tokio_postgres::{AsyncMessage, Client, Notification};
 use crate::connect::{prepare_repository, LISTENER_ROLE};
 use crate::error::{backoff_delay, classify};
 use crate::layout::Layout;
+use crate::liveness::Component;
 use crate::privileges::PermissionRule;
+use crate::probes::Probes;
 use crate::protocol::{self, Answer, Command, Request};
 use crate::settings::Settings;
 use crate::snapshot_actor::ForceAccepted;
@@ -101,6 +103,7 @@ pub struct Listener {
     session: Option<Session>,
     failures: u32,
     in_flight: Rc<InFlight>,
+    probes: Probes,
 }
 
 /// The live LISTEN session.
@@ -126,7 +129,20 @@ impl Listener {
             session: None,
             failures: 0,
             in_flight: Rc::default(),
+            probes: Probes::default(),
         }
+    }
+
+    /// Beat into these probes' liveness, say in their readiness whether
+    /// the session is up, count commands in their metrics.
+    pub fn with_probes(mut self, probes: Probes) -> Listener {
+        self.probes = probes;
+        self
+    }
+
+    fn session_down(&self) {
+        self.probes.readiness.set_listening(false);
+        self.probes.readiness.set_repository(false);
     }
 }
 
@@ -134,6 +150,7 @@ impl Actor for Listener {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.probes.liveness.keep_beating(Component::Listener, ctx);
         let delay = match self.failures {
             0 => Duration::ZERO,
             n => backoff_delay(
@@ -151,6 +168,7 @@ impl Actor for Listener {
 
 impl Supervised for Listener {
     fn restarting(&mut self, _: &mut Context<Self>) {
+        self.session_down();
         self.session = None;
         // The requests in flight are dropped with the old context (their
         // slots with them); start a new count all the same.
@@ -240,6 +258,8 @@ impl Handler<Connect> for Listener {
                 .map(move |result, act, ctx| match result {
                     Ok(rule) => {
                         info!(act.logger, "listening for commands"; "channel" => protocol::LISTEN_CHANNEL);
+                        act.probes.readiness.set_repository(true);
+                        act.probes.readiness.set_listening(true);
                         act.session = Some(Session {
                             client,
                             permission_sql: rule.sql().into(),
@@ -304,6 +324,9 @@ impl Listener {
         let Some(slot) = self.in_flight.take(sender_pid) else {
             warn!(self.logger, "too many commands in flight, refusing one"; "sender_pid" => sender_pid);
             if let Some(request) = &request {
+                self.probes
+                    .metrics
+                    .command(request.command.kind().as_str(), "REFUSED");
                 if let Some(channel) = request.reply_to.channel() {
                     let answer =
                         Answer::error(request.command.kind(), "Too many requests, retry later");
@@ -312,6 +335,9 @@ impl Listener {
             }
             return;
         };
+        if request.is_none() {
+            self.probes.metrics.command("INVALID", "ERROR");
+        }
         if let Some((channel, answer)) = answer_now {
             // Counted and checked like a command: any role that can
             // connect may NOTIFY us, and must not make us NOTIFY at will.
@@ -336,6 +362,7 @@ impl Listener {
         let supervisor = self.supervisor.clone();
         let status = self.status.clone();
         let logger = self.logger.clone();
+        let metrics = self.probes.metrics.clone();
         ctx.spawn(
             async move {
                 let answers = execute(
@@ -347,6 +374,9 @@ impl Listener {
                     &logger,
                 )
                 .await;
+                if let Some(first) = answers.first() {
+                    metrics.command(request.command.kind().as_str(), first.status().as_str());
+                }
                 if let Some(channel) = request.reply_to.channel() {
                     // One session sends them in order.
                     for answer in &answers {
@@ -449,7 +479,8 @@ async fn execute_one(
     let word = request.command.kind();
     match &request.command {
         Command::Reload => match supervisor.send(Reload).await {
-            Ok(Ok(_)) => Answer::reload_done(),
+            Ok(Ok(outcome)) if outcome.restart_needed.is_empty() => Answer::reload_done(),
+            Ok(Ok(outcome)) => Answer::reload_done_but_restart_needed(&outcome.restart_needed),
             Ok(Err(e)) => Answer::error(word, e.to_string()),
             Err(_) => Answer::error(word, "The collector is stopping"),
         },

@@ -282,6 +282,16 @@ impl Answer {
         Self::ok(CommandKind::Reload, "OK")
     }
 
+    /// `RELOAD OK OK; restart needed for: snapshots.worker_threads, …`:
+    /// done, but these changed settings wait for a restart.
+    pub fn reload_done_but_restart_needed(settings: &[String]) -> Self {
+        let mut data = format!("OK; restart needed for: {}", settings.join(", "));
+        if data.len() > MAX_PAYLOAD - 64 {
+            data.truncate(MAX_PAYLOAD - 64);
+        }
+        Self::ok(CommandKind::Reload, data)
+    }
+
     /// `FORCE_SNAPSHOT OK Snapshot in progress`.
     pub fn snapshot_in_progress() -> Self {
         Self::ok(CommandKind::ForceSnapshot, "Snapshot in progress")

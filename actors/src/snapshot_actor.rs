@@ -37,7 +37,7 @@ use crate::settings::Settings;
 use crate::snapshot::{
     take_snapshot, CatalogRefresh, Job, OpenDatabase, SnapshotError, SnapshotReport, Step,
 };
-use crate::status::{Report, StatusActor, WorkerReport, WorkerState};
+use crate::status::{Report, SnapshotFailed, StatusActor, WorkerReport, WorkerState};
 
 mod life;
 
@@ -711,6 +711,7 @@ impl Handler<Due> for SnapshotActor {
                 matches!(&result, Ok((_, _, Ok(report))) if report.not_recorded.is_none());
             if !recorded {
                 act.catalogs.merge(catalogs_asked);
+                act.shared.status.do_send(SnapshotFailed(srvid));
             }
             match result {
                 Ok((remote, waited, Ok(report))) => {

@@ -10,6 +10,8 @@ use std::time::SystemTime;
 
 use actix::prelude::*;
 
+use crate::liveness::Component;
+use crate::probes::{Probes, LATE_AFTER};
 use crate::protocol;
 pub use crate::report::{WorkerReport, WorkerState};
 use crate::server::SrvId;
@@ -23,6 +25,12 @@ pub struct Report(pub WorkerReport);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Forget(pub SrvId);
+
+/// A snapshot of this server was lost or refused by the repository (for
+/// the metrics; its report says why).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SnapshotFailed(pub SrvId);
 
 /// The one-word-ish states powa-web shows, for one server or all.
 #[derive(Message)]
@@ -41,15 +49,40 @@ pub struct Details {
 #[derive(Default)]
 pub struct StatusActor {
     workers: BTreeMap<SrvId, WorkerReport>,
+    probes: Probes,
 }
 
 /// Snapshot actors report with `do_send`, which ignores the mailbox bound:
 /// a burst of reports never makes them wait.
 impl Actor for StatusActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.probes.liveness.keep_beating(Component::Status, ctx);
+    }
 }
 
 impl StatusActor {
+    fn summarise(&self) {
+        let running = self
+            .workers
+            .values()
+            .filter(|r| r.state == WorkerState::Running)
+            .count();
+        let late = self
+            .workers
+            .values()
+            .filter(|r| r.last_lag.is_some_and(|lag| lag > LATE_AFTER))
+            .count();
+        self.probes.fleet.set(self.workers.len(), running, late);
+    }
+
+    /// Beat into these probes' liveness and feed their metrics.
+    pub fn with_probes(mut self, probes: Probes) -> StatusActor {
+        self.probes = probes;
+        self
+    }
+
     fn selected(&self, wanted: Option<SrvId>) -> impl Iterator<Item = &WorkerReport> {
         self.workers
             .range(match wanted {
@@ -64,7 +97,9 @@ impl Handler<Report> for StatusActor {
     type Result = ();
 
     fn handle(&mut self, Report(report): Report, _: &mut Self::Context) {
+        self.probes.metrics.report(&report);
         self.workers.insert(report.srvid, report);
+        self.summarise();
     }
 }
 
@@ -73,6 +108,16 @@ impl Handler<Forget> for StatusActor {
 
     fn handle(&mut self, Forget(srvid): Forget, _: &mut Self::Context) {
         self.workers.remove(&srvid);
+        self.probes.metrics.forget(srvid);
+        self.summarise();
+    }
+}
+
+impl Handler<SnapshotFailed> for StatusActor {
+    type Result = ();
+
+    fn handle(&mut self, SnapshotFailed(srvid): SnapshotFailed, _: &mut Self::Context) {
+        self.probes.metrics.snapshot_failed(srvid);
     }
 }
 
@@ -80,6 +125,7 @@ impl Handler<WorkersStatus> for StatusActor {
     type Result = MessageResult<WorkersStatus>;
 
     fn handle(&mut self, msg: WorkersStatus, _: &mut Self::Context) -> Self::Result {
+        crate::fault::in_status_handler();
         let now = SystemTime::now();
         MessageResult(
             self.selected(msg.wanted)

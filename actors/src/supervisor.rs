@@ -22,6 +22,8 @@ use thiserror::Error;
 
 use crate::error::backoff_delay;
 use crate::gate::Gate;
+use crate::liveness::Component;
+use crate::probes::Probes;
 use crate::repo_pool::RepoPool;
 use crate::repository;
 use crate::server::{ServerSpec, SrvId};
@@ -32,8 +34,9 @@ use crate::snapshot_actor::{
 use crate::status::{Forget, StatusActor};
 
 /// Re-reads the configuration file (and applies what the binary owns, such
-/// as the log level). An error keeps the running configuration.
-pub type ConfigReloader = Box<dyn FnMut() -> Result<Settings, String>>;
+/// as the log level), with the changed settings that only a restart
+/// applies. An error keeps the running configuration.
+pub type ConfigReloader = Box<dyn FnMut() -> Result<(Settings, Vec<String>), String>>;
 
 /// Re-read the configuration and the server list, apply the difference.
 #[derive(Message)]
@@ -47,6 +50,8 @@ pub struct ReloadOutcome {
     pub stopped: Vec<SrvId>,
     pub restarted: Vec<SrvId>,
     pub refreshed: Vec<SrvId>,
+    /// Changed settings that only a restart applies.
+    pub restart_needed: Vec<String>,
 }
 
 #[derive(Debug, Error, Clone)]
@@ -92,6 +97,7 @@ pub struct Supervisor {
     stopping: bool,
     /// The server list was read once: no more first-load retries.
     loaded: bool,
+    probes: Probes,
 }
 
 impl Supervisor {
@@ -122,7 +128,16 @@ impl Supervisor {
             logger,
             stopping: false,
             loaded: false,
+            probes: Probes::default(),
         }
+    }
+
+    /// Beat into these probes' liveness, mark the server list loaded in
+    /// their readiness, export reloads and snapshot slots in their metrics.
+    pub fn with_probes(mut self, probes: Probes) -> Supervisor {
+        probes.metrics.watch_gate(self.shared.gate.clone());
+        self.probes = probes;
+        self
     }
 
     fn start_actor(&mut self, spec: ServerSpec) {
@@ -187,6 +202,9 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.probes
+            .liveness
+            .keep_beating(Component::Supervisor, ctx);
         // Start-up is a reload from an empty registry.
         ctx.notify(InitialLoad { attempt: 0 });
     }
@@ -248,7 +266,7 @@ impl Handler<Reload> for Supervisor {
         let config = (self.reload_config)();
         let pool = self.shared.pool.clone();
         let fut = async move {
-            let settings = config.map_err(ReloadError::Config)?;
+            let (settings, restart_needed) = config.map_err(ReloadError::Config)?;
             crate::tls::forget_configs();
             let deadline = pool.statement_deadline();
             let repo = pool
@@ -265,12 +283,12 @@ impl Handler<Reload> for Supervisor {
                         ))
                     })?
                     .map_err(|e| ReloadError::Repository(e.to_string()))?;
-            Ok((settings, servers))
+            Ok((settings, restart_needed, servers))
         };
         // Reloads are applied one at a time, in order.
         let (tx, rx) = tokio::sync::oneshot::channel();
         ctx.wait(fut.into_actor(self).map(move |result, act, _| {
-            let outcome = result.map(|(settings, servers)| {
+            let outcome = result.map(|(settings, restart_needed, servers)| {
                 if act.stopping {
                     return ReloadOutcome::default();
                 }
@@ -281,8 +299,16 @@ impl Handler<Reload> for Supervisor {
                 act.shared.pool.set_settings(settings.clone());
                 act.settings = settings;
                 act.loaded = true;
-                act.apply(servers)
+                ReloadOutcome {
+                    restart_needed,
+                    ..act.apply(servers)
+                }
             });
+            act.probes.metrics.reload(outcome.is_ok());
+            if outcome.is_ok() {
+                act.probes.readiness.set_servers_loaded();
+            }
+            act.probes.readiness.reload_done();
             match &outcome {
                 Ok(o) => info!(act.logger, "fleet reloaded";
                     "started" => format!("{:?}", o.started), "stopped" => format!("{:?}", o.stopped),
