@@ -1,7 +1,10 @@
 //! `powa-fleet run`: the daemon. Checks the repository, starts the actor
 //! system (status, supervisor, listener) and turns signals into messages:
 //! SIGHUP reloads, SIGTERM/SIGINT stop within the grace period, a second
-//! stop signal (a second or more after the first) exits at once.
+//! stop signal (a second or more after the first) exits at once. The
+//! status actor, the supervisor and the listener run under
+//! [`restart`](powa_fleet_actors::restart): a panic restarts one in place,
+//! one that keeps panicking ends the process (exit 1, the reason logged).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,7 +14,8 @@ use actix::prelude::*;
 use powa_fleet_actors::connect::connect_repository;
 use powa_fleet_actors::listener::{Listener, NewSettings};
 use powa_fleet_actors::repository;
-use powa_fleet_actors::status::StatusActor;
+use powa_fleet_actors::restart::{self, Escalation, Fatal, Guard};
+use powa_fleet_actors::status::{ReportsFrom, StatusActor};
 use powa_fleet_actors::supervisor::{Reload, StopAll, Supervisor};
 use slog::{error, info, warn, Logger};
 use tokio::signal::unix::{signal, SignalKind};
@@ -19,8 +23,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::{self, Loaded, Sources};
 use crate::logging::Logging;
 
-/// Exit code when the repository is unusable at start-up.
+/// Exit code when the repository is unusable at start-up, or when an actor
+/// keeps panicking.
 const EXIT_STARTUP: u8 = 1;
+const EXIT_FATAL: u8 = 1;
 
 /// Stop signals this close to the first one are the same request.
 const SAME_STOP_REQUEST: Duration = Duration::from_secs(1);
@@ -37,7 +43,13 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
         }
         info!(logger, "starting"; "version" => env!("CARGO_PKG_VERSION"),
             "max_concurrent_snapshots" => settings.max_concurrent_snapshots);
-        let status = StatusActor::default().start();
+        let (fatal, mut fatal_rx) = Fatal::channel();
+        let guard = |kind| Guard {
+            kind,
+            logger: logger.clone(),
+            escalation: Escalation::EndProcess(fatal.clone()),
+        };
+        let status = restart::start(guard("status actor"), |_| StatusActor::default());
         let listener_settings = Arc::new(settings.clone());
         let reload_logger = logger.clone();
         let (settings_tx, mut settings_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -53,13 +65,17 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
                 Err(e.to_string())
             }
         });
-        let supervisor =
-            Supervisor::new(settings.clone(), reloader, status.clone(), logger.clone()).start();
+        let supervisor = {
+            let supervisor =
+                Supervisor::new(settings.clone(), reloader, status.clone(), logger.clone());
+            restart::start(guard("supervisor"), move |_| supervisor)
+        };
+        status.do_send(ReportsFrom(supervisor.clone().recipient()));
         let listener = {
             let supervisor = supervisor.clone();
             let status = status.clone();
             let logger = logger.clone();
-            actix::Supervisor::start(move |_| {
+            restart::start(guard("listener"), move |_| {
                 Listener::new(listener_settings, supervisor, status, logger)
             })
         };
@@ -71,9 +87,10 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
                 }
             });
         }
-        wait_for_signals(&supervisor, &logger, settings.shutdown_grace).await;
+        let code =
+            wait_for_signals(&supervisor, &logger, settings.shutdown_grace, &mut fatal_rx).await;
         drop(listener);
-        ExitCode::SUCCESS
+        code
     });
     drop(system);
     flusher.flush();
@@ -92,15 +109,21 @@ async fn check_repository(settings: &powa_fleet_actors::settings::Settings) -> R
     repository::check_supported(&version).map_err(|e| e.to_string())
 }
 
-async fn wait_for_signals(supervisor: &Addr<Supervisor>, logger: &Logger, grace: Duration) {
+async fn wait_for_signals(
+    supervisor: &Addr<Supervisor>,
+    logger: &Logger,
+    grace: Duration,
+    fatal: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> ExitCode {
     let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::hangup()),
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
         error!(logger, "cannot install signal handlers");
-        return;
+        return ExitCode::from(EXIT_FATAL);
     };
+    let mut code = ExitCode::SUCCESS;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -110,6 +133,13 @@ async fn wait_for_signals(supervisor: &Addr<Supervisor>, logger: &Logger, grace:
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            Some(reason) = fatal.recv() => {
+                // A restart in place does not help: stop as for a signal,
+                // then exit non-zero so that systemd starts us afresh.
+                error!(logger, "ending the process"; "reason" => reason);
+                code = ExitCode::from(EXIT_FATAL);
+                break;
+            }
         }
     }
     info!(logger, "stopping"; "grace_secs" => grace.as_secs_f64());
@@ -131,4 +161,5 @@ async fn wait_for_signals(supervisor: &Addr<Supervisor>, logger: &Logger, grace:
         }
     }
     info!(logger, "stopped");
+    code
 }

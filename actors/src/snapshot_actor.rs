@@ -41,7 +41,7 @@ use crate::status::{Report, StatusActor, WorkerReport, WorkerState};
 
 mod life;
 
-use life::{ForceRefusal, Life, OnDue};
+use life::{AfterWork, ForceRefusal, Life, OnDue};
 
 /// A forced snapshot is refused when the last one is this recent.
 const FORCE_MIN_INTERVAL: Duration = Duration::from_secs(10);
@@ -85,6 +85,11 @@ pub struct Retire;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
+
+/// Report the current state again (the status actor restarted).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish;
 
 /// Internal: (re)connect and plan the next snapshot.
 #[derive(Message)]
@@ -274,18 +279,30 @@ impl Actor for SnapshotActor {
     }
 }
 
+/// Restarted after it stopped itself ([`SnapshotActor::fail`]) or after a
+/// panic in a handler (see [`crate::restart`]): whatever ran is dropped with
+/// the old context, `started` reconnects after the backoff.
 impl Supervised for SnapshotActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.failures = self.failures.saturating_add(1);
         self.report.restarts += 1;
         self.life.restarted();
         self.timer = None;
-        if self.last_failure.is_none() {
+        if let Some(panic) = crate::restart::take_panic() {
+            let reason = self.scrub(&format!("internal error (panic): {panic}"));
+            self.report.last_errors = vec![reason.clone()];
+            self.last_failure = Some((ErrorKind::Internal, false, reason));
+        } else if self.last_failure.is_none() {
             self.last_failure = Some((
                 ErrorKind::Internal,
                 false,
                 "actor stopped unexpectedly".into(),
             ));
+        }
+        if self.life.stopping() {
+            // A shutdown waited for the work the restart dropped.
+            self.set_state(WorkerState::Stopped);
+            self.wake_idle_waiters();
         }
     }
 }
@@ -600,14 +617,17 @@ impl Handler<Connect> for SnapshotActor {
                     };
                     act.set_state(state);
                     act.arm(due, ctx);
-                    if act.life.stopping() {
-                        act.wake_idle_waiters();
-                    }
                 }
                 Err(failure) => {
                     act.life.work_ended(None);
                     act.fail(failure.kind, failure.repository, failure.reason, ctx)
                 }
+            }
+            // A shutdown waits for this attempt, whatever its outcome.
+            if act.life.stopping() {
+                act.cancel_timer(ctx);
+                act.set_state(WorkerState::Stopped);
+                act.wake_idle_waiters();
             }
         }));
     }
@@ -617,6 +637,7 @@ impl Handler<Due> for SnapshotActor {
     type Result = ();
 
     fn handle(&mut self, _: Due, ctx: &mut Context<Self>) {
+        crate::fault::panic_in("snapshot", "due");
         self.timer = None;
         let (mut remote, forced) = match self.life.start_snapshot() {
             OnDue::Snapshot { remote, forced } => (remote, forced),
@@ -624,6 +645,8 @@ impl Handler<Due> for SnapshotActor {
                 ctx.notify(Connect);
                 return;
             }
+            // Remembered by the life: taken when the work ends.
+            OnDue::AfterWork => return,
             OnDue::Ignore => return,
         };
         let due = if forced {
@@ -836,7 +859,13 @@ impl Handler<Refresh> for SnapshotActor {
         });
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
             match result {
-                Ok(remote) => act.life.work_ended(Some(remote)),
+                Ok(remote) => {
+                    if act.life.work_ended(Some(remote)) == AfterWork::SnapshotDue {
+                        // Its timer fired, or a forced one was accepted,
+                        // while the bookkeeping ran.
+                        ctx.notify(Due);
+                    }
+                }
                 Err(failure) => {
                     act.life.work_ended(None);
                     act.fail(failure.kind, failure.repository, failure.reason, ctx)
@@ -846,6 +875,14 @@ impl Handler<Refresh> for SnapshotActor {
                 act.wake_idle_waiters();
             }
         }));
+    }
+}
+
+impl Handler<Publish> for SnapshotActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Publish, _: &mut Context<Self>) {
+        self.publish();
     }
 }
 

@@ -3,7 +3,10 @@
 //! and whatever the snapshot actors are busy with.
 //!
 //! Snapshot actors push a whole [`WorkerReport`] each time something changes;
-//! nothing here talks to a database.
+//! nothing here talks to a database. After a panic in a handler the actor
+//! is restarted in place ([`crate::restart`]): what it held may be half
+//! updated or miss a lost report, so it starts empty, as at start-up, and
+//! asks the supervisor for a fresh report of every worker.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -31,6 +34,17 @@ pub struct WorkersStatus {
     pub wanted: Option<SrvId>,
 }
 
+/// Asked of the supervisor after a restart: every snapshot actor reports
+/// again; the answer is the fleet's srvids (the others are forgotten).
+#[derive(Message)]
+#[rtype(result = "Vec<SrvId>")]
+pub struct Republish;
+
+/// Where to ask for [`Republish`] (the supervisor starts after this actor).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReportsFrom(pub Recipient<Republish>);
+
 /// Every detail, for the CLI.
 #[derive(Message)]
 #[rtype(result = "Vec<WorkerReport>")]
@@ -41,12 +55,39 @@ pub struct Details {
 #[derive(Default)]
 pub struct StatusActor {
     workers: BTreeMap<SrvId, WorkerReport>,
+    reports_from: Option<Recipient<Republish>>,
 }
 
 /// Snapshot actors report with `do_send`, which ignores the mailbox bound:
 /// a burst of reports never makes them wait.
 impl Actor for StatusActor {
     type Context = Context<Self>;
+}
+
+impl Supervised for StatusActor {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        self.workers.clear();
+        let Some(source) = self.reports_from.clone() else {
+            return;
+        };
+        ctx.spawn(
+            async move { source.send(Republish).await }
+                .into_actor(self)
+                .map(|fleet, act, _| {
+                    if let Ok(fleet) = fleet {
+                        act.workers.retain(|srvid, _| fleet.contains(srvid));
+                    }
+                }),
+        );
+    }
+}
+
+impl Handler<ReportsFrom> for StatusActor {
+    type Result = ();
+
+    fn handle(&mut self, ReportsFrom(source): ReportsFrom, _: &mut Self::Context) {
+        self.reports_from = Some(source);
+    }
 }
 
 impl StatusActor {
@@ -64,6 +105,7 @@ impl Handler<Report> for StatusActor {
     type Result = ();
 
     fn handle(&mut self, Report(report): Report, _: &mut Self::Context) {
+        crate::fault::panic_in("status", "report");
         self.workers.insert(report.srvid, report);
     }
 }
@@ -80,6 +122,7 @@ impl Handler<WorkersStatus> for StatusActor {
     type Result = MessageResult<WorkersStatus>;
 
     fn handle(&mut self, msg: WorkersStatus, _: &mut Self::Context) -> Self::Result {
+        crate::fault::panic_in("status", "workers_status");
         let now = SystemTime::now();
         MessageResult(
             self.selected(msg.wanted)
