@@ -268,7 +268,10 @@ impl Handler<Reload> for Supervisor {
     type Result = ResponseActFuture<Self, Result<ReloadOutcome, ReloadError>>;
 
     fn handle(&mut self, _: Reload, ctx: &mut Context<Self>) -> Self::Result {
-        crate::fault::panic_in("supervisor", "reload");
+        if self.loaded {
+            // A reload of a running fleet (the first load is retried anyway).
+            crate::fault::panic_in("supervisor", "reload");
+        }
         let config = (self.reload_config)();
         let pool = self.shared.pool.clone();
         let fut = async move {
