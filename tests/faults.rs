@@ -646,6 +646,25 @@ fn start_panicking(fleet: &Fleet, extra: &str, handlers: &str) -> Daemon {
     .expect("daemon starts")
 }
 
+/// The time between the first log line containing `from` and the first
+/// later one containing `to`, from the daemon's own timestamps
+/// (`Mon DD HH:MM:SS.mmm` at the start of each line).
+#[cfg(feature = "fault-injection")]
+fn log_gap(log: &str, from: &str, to: &str) -> Option<Duration> {
+    let at = |line: &str| -> Option<f64> {
+        let clock = line.split_whitespace().nth(2)?;
+        let mut parts = clock.split(':');
+        let h: f64 = parts.next()?.parse().ok()?;
+        let m: f64 = parts.next()?.parse().ok()?;
+        let s: f64 = parts.next()?.parse().ok()?;
+        Some(h * 3600.0 + m * 60.0 + s)
+    };
+    let mut lines = log.lines();
+    let start = lines.by_ref().find(|l| l.contains(from)).and_then(at)?;
+    let end = lines.find(|l| l.contains(to)).and_then(at)?;
+    Some(Duration::from_secs_f64((end - start).max(0.0)))
+}
+
 #[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panic_in_the_supervisor_restarts_it_in_place_and_collection_goes_on() {
@@ -667,6 +686,14 @@ async fn a_panic_in_the_supervisor_restarts_it_in_place_and_collection_goes_on()
     let status = workers_status(&fleet.repository_dsn(), Duration::from_secs(10)).await;
     let log = daemon.log();
     assert!(
+        collected,
+        "no snapshot after the supervisor panicked:\n{log}"
+    );
+    assert_eq!(
+        status,
+        Some(format!("WORKERS_STATUS OK {{\"{srvid}\": \"running\"}}"))
+    );
+    assert!(
         answer
             .as_deref()
             .is_some_and(|a| a.starts_with("RELOAD ERROR")),
@@ -683,20 +710,14 @@ async fn a_panic_in_the_supervisor_restarts_it_in_place_and_collection_goes_on()
     // Restarted through the start-up path: the server list read again.
     let after = &log[log.find("supervisor restarted").expect("restart logged")..];
     assert!(after.contains("fleet reloaded"), "{log}");
-    assert!(
-        collected,
-        "no snapshot after the supervisor panicked:\n{log}"
-    );
-    assert_eq!(
-        status,
-        Some(format!("WORKERS_STATUS OK {{\"{srvid}\": \"running\"}}"))
-    );
     // And it still does its job.
     let answer = client.ask("RELOAD", "", Duration::from_secs(10)).await;
     assert_eq!(answer.as_deref(), Some("RELOAD OK OK"), "{}", daemon.log());
     assert!(daemon.is_alive());
+    let reloaded = log_gap(&log, "panic in a handler", "fleet reloaded");
     eprintln!(
-        "supervisor panic: collecting again {collecting_back:?} after it; peak RSS {} KiB",
+        "supervisor panic: server list loaded again {reloaded:?} after it, next snapshot \
+         {collecting_back:?} after it (5 s rhythm); peak RSS {} KiB",
         peak_rss_kib(daemon.pid())
     );
 }
@@ -735,8 +756,10 @@ async fn a_panic_in_the_listener_restarts_it_and_it_listens_again() {
     let seq = coalesce_seq(&repo, srvid).await;
     assert!(snapshots_reach(&repo, srvid, seq + 1, Duration::from_secs(10)).await);
     assert!(daemon.is_alive());
+    let listening = log_gap(&log, "panic in a handler", "listening for commands");
     eprintln!(
-        "listener panic: answering again {answering_back:?} after it (3 s of it waiting for the lost answer); peak RSS {} KiB",
+        "listener panic: listening again {listening:?} after it; answered {answering_back:?} \
+         after it (3 s of it waiting for the lost answer); peak RSS {} KiB",
         peak_rss_kib(daemon.pid())
     );
 }
@@ -834,8 +857,10 @@ async fn a_panic_in_a_snapshot_actors_handler_restarts_it_alone() {
     .await;
     assert!(healthy, "{}", daemon.log());
     assert!(daemon.is_alive());
+    let reconnected = log_gap(&log, "panic in a handler", "connected");
     eprintln!(
-        "snapshot actor handler panic: both servers collected {collecting:?} after the start; peak RSS {} KiB",
+        "snapshot actor handler panic: reconnected {reconnected:?} after it (backoff 0.2 s); \
+         both servers collected {collecting:?} after the start; peak RSS {} KiB",
         peak_rss_kib(daemon.pid())
     );
 }
