@@ -641,7 +641,11 @@ fn start_panicking(fleet: &Fleet, extra: &str, handlers: &str) -> Daemon {
         Path::new(BIN),
         &fleet.repository_dsn(),
         extra,
-        &[(powa_fleet_actors::fault::PANIC_IN_ENV, handlers)],
+        // Backtraces would make the peak memory that of their symbolication.
+        &[
+            (powa_fleet_actors::fault::PANIC_IN_ENV, handlers),
+            ("RUST_BACKTRACE", "0"),
+        ],
     )
     .expect("daemon starts")
 }
