@@ -8,9 +8,10 @@
 //!
 //! Failures go through [`SnapshotActor::fail`]: the error is reported (status,
 //! log, `powa_snapshot_metas.errors`) and the actor stops itself, so that
-//! the actix `Supervisor` restarts it; `started()` then waits a backoff delay
+//! [`crate::restart`] restarts it; `started()` then waits a backoff delay
 //! that grows with consecutive failures. A panic inside the snapshot work is
-//! caught and takes the same path. Errors that waiting cannot fix (bad
+//! caught and takes the same path; a panic in a handler is caught by
+//! [`crate::restart`], which restarts the actor the same way. Errors that waiting cannot fix (bad
 //! credentials, version mismatch, a server not registered properly) leave
 //! the actor idle in a `Failed` state until a reload asks it to try again.
 
@@ -75,7 +76,7 @@ pub struct RefreshCatalogs(pub Vec<String>);
 pub struct Refresh(pub Arc<Settings>);
 
 /// Stop for good (server removed or deactivated). The supervisor drops its
-/// address first, so the actix `Supervisor` does not restart the actor.
+/// address first, so its guard (`restart.rs`) does not restart the actor.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Retire;
@@ -196,7 +197,7 @@ impl SnapshotActor {
             }
             Retry::Backoff | Retry::NextSchedule => {
                 self.last_failure = Some((kind, repository, reason));
-                // The actix Supervisor restarts us; `restarting` and
+                // `restart.rs` restarts us; `restarting` and
                 // `started` plan the next attempt.
                 ctx.stop();
             }

@@ -153,7 +153,7 @@ impl Supervisor {
     fn retire_actor(&mut self, srvid: SrvId) {
         if let Some(entry) = self.registry.remove(&srvid) {
             // The entry held the only strong address: once `Retire` stops
-            // the actor, its actix Supervisor has no reason to restart it.
+            // the actor, its guard (`restart.rs`) has no reason to restart it.
             entry.addr.do_send(Retire);
             self.shared.status.do_send(Forget(srvid));
         }

@@ -243,7 +243,7 @@ impl<R> Life<R> {
         self.phase = Phase::Stopped;
     }
 
-    /// The actix `Supervisor` restarts the actor: whatever ran is gone, a
+    /// The actor is restarted (after a stop or a panic): whatever ran is gone, a
     /// stop asked before stays.
     pub fn restarted(&mut self) {
         self.forced = false;
