@@ -179,4 +179,61 @@ mod tests {
         let all = status.send(WorkersStatus { wanted: None }).await.unwrap();
         assert_eq!(all, vec![(1, "stopping".to_string())]);
     }
+
+    /// A panic in a handler, for the restart test.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Crash;
+
+    impl Handler<Crash> for StatusActor {
+        type Result = ();
+        fn handle(&mut self, _: Crash, _: &mut Self::Context) {
+            panic!("crash");
+        }
+    }
+
+    /// The supervisor's part: on `Republish`, server 1 reports afresh;
+    /// server 2 left the fleet.
+    struct Fleet(Addr<StatusActor>);
+
+    impl Actor for Fleet {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Republish> for Fleet {
+        type Result = MessageResult<Republish>;
+        fn handle(&mut self, _: Republish, _: &mut Context<Self>) -> Self::Result {
+            let mut fresh = WorkerReport::new(1, "a:5432".into());
+            fresh.state = WorkerState::Stopping;
+            self.0.do_send(Report(fresh));
+            MessageResult(vec![1])
+        }
+    }
+
+    #[actix_rt::test]
+    async fn after_a_panic_every_worker_reports_afresh_and_gone_ones_are_forgotten() {
+        let guard = crate::restart::Guard {
+            kind: "status actor",
+            logger: slog::Logger::root(slog::Discard, slog::o!()),
+            escalation: crate::restart::Escalation::Never,
+        };
+        let status = crate::restart::start(guard, |_| StatusActor::default());
+        let fleet = Fleet(status.clone()).start();
+        status.send(ReportsFrom(fleet.recipient())).await.unwrap();
+        for srvid in [1, 2] {
+            let mut report = WorkerReport::new(srvid, "a:5432".into());
+            report.state = WorkerState::Running;
+            status.send(Report(report)).await.unwrap();
+        }
+        assert!(status.send(Crash).await.is_err());
+        let mut answer = vec![];
+        for _ in 0..50 {
+            answer = status.send(WorkersStatus { wanted: None }).await.unwrap();
+            if answer == vec![(1, "stopping".to_string())] {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(answer, vec![(1, "stopping".to_string())]);
+    }
 }
