@@ -255,7 +255,7 @@ async fn a_password_on_the_command_line_is_refused_before_anything_starts() {
 async fn collector_sessions(client: &Client) -> i64 {
     client
         .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'powa-fleet%'",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '%powa-fleet%'",
             &[],
         )
         .await

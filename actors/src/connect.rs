@@ -77,10 +77,28 @@ impl ConnectError {
     }
 }
 
-/// `powa-fleet` plus a role (`repository`, `listener`, a server name),
-/// cut to what PostgreSQL keeps, on a character boundary.
+/// powa-fleet's release, shown to powa-web (the workspace's version).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The role of the session powa-web takes for the collector's presence.
+pub const LISTENER_ROLE: &str = "listener";
+
+/// powa-web (4.1 and 5) believes a remote collector runs when one client
+/// session on the repository has an `application_name` like
+/// `PoWA collector - main thread (%`, and shows what follows `main thread`
+/// as the collector's name and version: the reference names its LISTEN
+/// session so. powa-fleet's listener is that session.
+const PRESENCE_PREFIX: &str = "PoWA collector - main thread";
+
+/// `powa-fleet` plus a role (`repository`, a server name), cut to what
+/// PostgreSQL keeps, on a character boundary. The listener's name is the
+/// one powa-web looks for, naming powa-fleet and its version.
 pub fn application_name(role: &str) -> String {
-    let name = format!("powa-fleet: {role}");
+    let name = if role == LISTENER_ROLE {
+        format!("{PRESENCE_PREFIX} (powa-fleet {VERSION})")
+    } else {
+        format!("powa-fleet: {role}")
+    };
     truncate(&name, APPLICATION_NAME_MAX).to_owned()
 }
 
@@ -430,10 +448,25 @@ mod tests {
 
     #[test]
     fn application_name_is_bounded() {
-        assert_eq!(application_name("listener"), "powa-fleet: listener");
+        assert_eq!(application_name("repository"), "powa-fleet: repository");
         let long = application_name(&"é".repeat(100));
         assert!(long.len() <= APPLICATION_NAME_MAX);
         assert!(long.starts_with("powa-fleet: é"));
+    }
+
+    #[test]
+    fn listener_is_named_as_powa_web_looks_for_it() {
+        let name = application_name(LISTENER_ROLE);
+        assert_eq!(
+            name,
+            format!("PoWA collector - main thread (powa-fleet {VERSION})")
+        );
+        assert!(name.len() <= APPLICATION_NAME_MAX, "{name}");
+        // powa-web shows the text after `main thread` as the collector.
+        assert_eq!(
+            &name[PRESENCE_PREFIX.len()..],
+            format!(" (powa-fleet {VERSION})")
+        );
     }
 
     #[test]

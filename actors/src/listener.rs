@@ -22,7 +22,7 @@ use futures_util::stream::poll_fn;
 use slog::{debug, error, info, warn, Logger};
 use tokio_postgres::{AsyncMessage, Client, Notification};
 
-use crate::connect::prepare_repository;
+use crate::connect::{prepare_repository, LISTENER_ROLE};
 use crate::error::{backoff_delay, classify};
 use crate::layout::Layout;
 use crate::privileges::PermissionRule;
@@ -179,7 +179,7 @@ impl Handler<Connect> for Listener {
     type Result = ();
 
     fn handle(&mut self, _: Connect, ctx: &mut Context<Self>) {
-        let (config, tls) = match prepare_repository(&self.settings, "listener") {
+        let (config, tls) = match prepare_repository(&self.settings, LISTENER_ROLE) {
             Ok(prepared) => prepared,
             Err(e) => {
                 error!(self.logger, "cannot listen"; "error" => %e);

@@ -79,16 +79,32 @@ pub fn global_plan(job: &Job<'_>, ds: &Datasource) -> Result<CopyPlan, String> {
     let table = ds
         .staging_table(job.repository)
         .ok_or_else(|| missing("repository"))?;
+    // Rows the remote role may not see cannot be stored (see
+    // `hidden_statements`): leave them out rather than fail the COPY.
+    let statements = ds.query_source == STATEMENTS_SOURCE;
+    let filter = if statements {
+        " WHERE queryid IS NOT NULL"
+    } else {
+        ""
+    };
     Ok(CopyPlan {
         name: ds.module.clone(),
         source: format!(
-            "COPY (SELECT {}, * FROM {function}(0)) TO STDOUT",
+            "COPY (SELECT {}, * FROM {function}(0){filter}) TO STDOUT",
             job.srvid
         ),
         source_label: format!("{function}(0)"),
         table,
+        skips_hidden_statements: statements,
     })
 }
+
+/// The source function of pg_stat_statements' rows. A remote role that is not a
+/// member of `pg_read_all_stats` sees other roles' statements with a NULL
+/// `queryid`; PoWA's staging table cannot hold such a row, and one of them
+/// would fail the whole COPY (the reference loses every statement then:
+/// powa-team/powa#198).
+const STATEMENTS_SOURCE: &str = "powa_statements_src";
 
 /// Take one snapshot of `job.srvid` (SPEC steps 1–7, and on PoWA 5 the
 /// per-database datasources and catalogs before step 5).
@@ -352,7 +368,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             plan.source,
-            "COPY (SELECT 7, * FROM public.\"powa_statements_src\"(0)) TO STDOUT"
+            "COPY (SELECT 7, * FROM public.\"powa_statements_src\"(0) WHERE queryid IS NOT NULL) TO STDOUT"
         );
         assert_eq!(plan.table, "public.\"powa_statements_src_tmp\"");
         assert_eq!(
