@@ -1,7 +1,10 @@
 //! `powa-fleet run`: the daemon. Checks the repository, starts the actor
 //! system (status, supervisor, listener) and turns signals into messages:
 //! SIGHUP reloads, SIGTERM/SIGINT stop within the grace period, a second
-//! stop signal (a second or more after the first) exits at once.
+//! stop signal (a second or more after the first) exits at once. The
+//! status actor, the supervisor and the listener run under
+//! [`restart`](powa_fleet_actors::restart): a panic restarts one in place,
+//! one that keeps panicking ends the process (exit 1, the reason logged).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,7 +16,8 @@ use powa_fleet_actors::listener::{Listener, NewSettings};
 use powa_fleet_actors::liveness;
 use powa_fleet_actors::probes::Probes;
 use powa_fleet_actors::repository;
-use powa_fleet_actors::status::StatusActor;
+use powa_fleet_actors::restart::{self, Escalation, Fatal, Guard};
+use powa_fleet_actors::status::{ReportsFrom, StatusActor};
 use powa_fleet_actors::supervisor::{Reload, StopAll, Supervisor};
 use slog::{error, info, warn, Logger};
 use tokio::signal::unix::{signal, SignalKind};
@@ -23,9 +27,11 @@ use crate::http::Endpoint;
 use crate::logging::Logging;
 use crate::notify::Systemd;
 
-/// Exit code when the repository is unusable at start-up, the HTTP
-/// address cannot be bound, or an actor is wedged or dead.
+/// Exit code when the repository is unusable at start-up or the HTTP
+/// address cannot be bound.
 const EXIT_STARTUP: u8 = 1;
+/// Exit code when an actor is wedged, or keeps panicking.
+const EXIT_FATAL: u8 = 1;
 
 /// Stop signals this close to the first one are the same request.
 const SAME_STOP_REQUEST: Duration = Duration::from_secs(1);
@@ -61,7 +67,18 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
         if let Err(e) = systemd.spawn(probes.clone(), logger.clone()) {
             warn!(logger, "cannot notify systemd"; "error" => %e);
         }
-        let status = StatusActor::default().with_probes(probes.clone()).start();
+        let (fatal, mut fatal_rx) = Fatal::channel();
+        let guard = |kind| Guard {
+            kind,
+            logger: logger.clone(),
+            escalation: Escalation::EndProcess(fatal.clone()),
+        };
+        let status = {
+            let probes = probes.clone();
+            restart::start(guard("status actor"), move |_| {
+                StatusActor::default().with_probes(probes)
+            })
+        };
         let listener_settings = Arc::new(settings.clone());
         let reload_logger = logger.clone();
         let (settings_tx, mut settings_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -96,16 +113,19 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
                 }
             }
         });
-        let supervisor =
-            Supervisor::new(settings.clone(), reloader, status.clone(), logger.clone())
-                .with_probes(probes.clone())
-                .start();
+        let supervisor = {
+            let supervisor =
+                Supervisor::new(settings.clone(), reloader, status.clone(), logger.clone())
+                    .with_probes(probes.clone());
+            restart::start(guard("supervisor"), move |_| supervisor)
+        };
+        status.do_send(ReportsFrom(supervisor.clone().recipient()));
         let listener = {
             let supervisor = supervisor.clone();
             let status = status.clone();
             let logger = logger.clone();
             let probes = probes.clone();
-            actix::Supervisor::start(move |_| {
+            restart::start(guard("listener"), move |_| {
                 Listener::new(listener_settings, supervisor, status, logger).with_probes(probes)
             })
         };
@@ -127,13 +147,19 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
                 }
             });
         }
-        wait_for_signals(&supervisor, &logger, settings.shutdown_grace, || {
-            probes.liveness.set_stopping();
-            systemd.stopping(&logger);
-        })
+        let code = wait_for_signals(
+            &supervisor,
+            &logger,
+            settings.shutdown_grace,
+            &mut fatal_rx,
+            || {
+                probes.liveness.set_stopping();
+                systemd.stopping(&logger);
+            },
+        )
         .await;
         drop(listener);
-        ExitCode::SUCCESS
+        code
     });
     drop(system);
     flusher.flush();
@@ -161,7 +187,7 @@ fn watch_liveness(probes: &Probes, logger: &Logger, logging: &Logging) {
         error!(exit_logger, "exiting: an actor is wedged or dead"; "reason" => &reason);
         logging.flush();
         eprintln!("powa-fleet: exiting: {reason}");
-        std::process::exit(EXIT_STARTUP.into());
+        std::process::exit(EXIT_FATAL.into());
     });
     if let Err(e) = watching {
         warn!(logger, "cannot watch the actors' liveness"; "error" => %e);
@@ -172,16 +198,18 @@ async fn wait_for_signals(
     supervisor: &Addr<Supervisor>,
     logger: &Logger,
     grace: Duration,
+    fatal: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
     on_stop: impl FnOnce(),
-) {
+) -> ExitCode {
     let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::hangup()),
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
         error!(logger, "cannot install signal handlers");
-        return;
+        return ExitCode::from(EXIT_FATAL);
     };
+    let mut code = ExitCode::SUCCESS;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -191,6 +219,13 @@ async fn wait_for_signals(
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            Some(reason) = fatal.recv() => {
+                // A restart in place does not help: stop as for a signal,
+                // then exit non-zero so that systemd starts us afresh.
+                error!(logger, "ending the process"; "reason" => reason);
+                code = ExitCode::from(EXIT_FATAL);
+                break;
+            }
         }
     }
     info!(logger, "stopping"; "grace_secs" => grace.as_secs_f64());
@@ -213,4 +248,5 @@ async fn wait_for_signals(
         }
     }
     info!(logger, "stopped");
+    code
 }

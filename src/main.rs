@@ -4,7 +4,8 @@
 //!
 //! Exit codes:
 //! - 0: success;
-//! - 1: runtime failure (repository unreachable at start, PoWA too old, …),
+//! - 1: runtime failure (repository unreachable at start, PoWA too old, an
+//!   actor of the daemon that keeps panicking, …),
 //!   or `check` found a problem;
 //! - 2: configuration or usage error (nothing was started);
 //! - 3: a client command got no answer, or an `ERROR` answer.

@@ -634,3 +634,333 @@ async fn malformed_payloads_from_a_role_without_permission_get_no_answer() {
         peak_rss_kib(daemon.pid())
     );
 }
+
+/// The daemon with handlers that panic (`kind:handler[*N]`, see
+/// `powa_fleet_actors::fault::PANIC_IN_ENV`).
+#[cfg(feature = "fault-injection")]
+fn start_panicking(fleet: &Fleet, extra: &str, handlers: &str) -> Daemon {
+    Daemon::start_with_env(
+        Path::new(BIN),
+        &fleet.repository_dsn(),
+        extra,
+        // Backtraces would make the peak memory that of their symbolication.
+        &[
+            (powa_fleet_actors::fault::PANIC_IN_ENV, handlers),
+            ("RUST_BACKTRACE", "0"),
+        ],
+    )
+    .expect("daemon starts")
+}
+
+/// The time between the first log line containing `from` and the first
+/// later one containing `to`, from the daemon's own timestamps
+/// (`Mon DD HH:MM:SS.mmm` at the start of each line).
+#[cfg(feature = "fault-injection")]
+fn log_gap(log: &str, from: &str, to: &str) -> Option<Duration> {
+    let at = |line: &str| -> Option<f64> {
+        let clock = line.split_whitespace().nth(2)?;
+        let mut parts = clock.split(':');
+        let h: f64 = parts.next()?.parse().ok()?;
+        let m: f64 = parts.next()?.parse().ok()?;
+        let s: f64 = parts.next()?.parse().ok()?;
+        Some(h * 3600.0 + m * 60.0 + s)
+    };
+    let mut lines = log.lines();
+    let start = lines.by_ref().find(|l| l.contains(from)).and_then(at)?;
+    let end = lines.find(|l| l.contains(to)).and_then(at)?;
+    Some(Duration::from_secs_f64((end - start).max(0.0)))
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panic_in_the_supervisor_restarts_it_in_place_and_collection_goes_on() {
+    let fleet = fleet(1);
+    let srvid = fleet.register(0, 5, None).unwrap();
+    let mut daemon = start_panicking(&fleet, FAST, "supervisor:reload");
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert!(
+        snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await,
+        "{}",
+        daemon.log()
+    );
+    let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
+    let panicked = Instant::now();
+    let answer = client.ask("RELOAD", "", Duration::from_secs(5)).await;
+    let seq = coalesce_seq(&repo, srvid).await;
+    let collected = snapshots_reach(&repo, srvid, seq + 1, Duration::from_secs(15)).await;
+    let collecting_back = panicked.elapsed();
+    let status = workers_status(&fleet.repository_dsn(), Duration::from_secs(10)).await;
+    let log = daemon.log();
+    assert!(
+        collected,
+        "no snapshot after the supervisor panicked:\n{log}"
+    );
+    assert_eq!(
+        status,
+        Some(format!("WORKERS_STATUS OK {{\"{srvid}\": \"running\"}}"))
+    );
+    assert!(
+        answer
+            .as_deref()
+            .is_some_and(|a| a.starts_with("RELOAD ERROR")),
+        "{answer:?}\n{log}"
+    );
+    assert!(
+        log.contains("injected fault in the supervisor's reload handler"),
+        "{log}"
+    );
+    assert!(
+        log.contains("panic in a handler, restarting in place"),
+        "{log}"
+    );
+    // Restarted through the start-up path: the server list read again.
+    let after = &log[log.find("supervisor restarted").expect("restart logged")..];
+    assert!(after.contains("fleet reloaded"), "{log}");
+    // And it still does its job.
+    let answer = client.ask("RELOAD", "", Duration::from_secs(10)).await;
+    assert_eq!(answer.as_deref(), Some("RELOAD OK OK"), "{}", daemon.log());
+    assert!(daemon.is_alive());
+    let reloaded = log_gap(&log, "panic in a handler", "fleet reloaded");
+    eprintln!(
+        "supervisor panic: server list loaded again {reloaded:?} after it, next snapshot \
+         {collecting_back:?} after it (5 s rhythm); peak RSS {} KiB",
+        peak_rss_kib(daemon.pid())
+    );
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panic_in_the_listener_restarts_it_and_it_listens_again() {
+    let fleet = fleet(1);
+    let srvid = fleet.register(0, 5, None).unwrap();
+    let mut daemon = start_panicking(&fleet, FAST, "listener:workers_status");
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert!(
+        snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await,
+        "{}",
+        daemon.log()
+    );
+    let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
+    let panicked = Instant::now();
+    let lost = client
+        .ask("WORKERS_STATUS", "", Duration::from_secs(3))
+        .await;
+    assert_eq!(lost, None, "the panicking request is not answered");
+    let answer = workers_status(&fleet.repository_dsn(), Duration::from_secs(20)).await;
+    let answering_back = panicked.elapsed();
+    let log = daemon.log();
+    assert_eq!(
+        answer,
+        Some(format!("WORKERS_STATUS OK {{\"{srvid}\": \"running\"}}")),
+        "{log}"
+    );
+    assert!(log.contains("listener restarted after a panic"), "{log}");
+    assert!(
+        log.matches("listening for commands").count() >= 2,
+        "LISTEN again:\n{log}"
+    );
+    let seq = coalesce_seq(&repo, srvid).await;
+    assert!(snapshots_reach(&repo, srvid, seq + 1, Duration::from_secs(10)).await);
+    assert!(daemon.is_alive());
+    let listening = log_gap(&log, "panic in a handler", "listening for commands");
+    eprintln!(
+        "listener panic: listening again {listening:?} after it; answered {answering_back:?} \
+         after it (3 s of it waiting for the lost answer); peak RSS {} KiB",
+        peak_rss_kib(daemon.pid())
+    );
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panic_in_the_status_actor_restarts_it_with_fresh_reports() {
+    let fleet = fleet(2);
+    let busy = fleet.register(0, 5, None).unwrap();
+    // Reports nothing between its rare snapshots: only a fresh report
+    // asked after the restart puts it back in the answer.
+    let quiet = fleet.register(1, 3600, None).unwrap();
+    let mut daemon = start_panicking(&fleet, FAST, "status:workers_status");
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert!(
+        snapshots_reach(&repo, busy, 2, Duration::from_secs(20)).await,
+        "{}",
+        daemon.log()
+    );
+    let both = format!("WORKERS_STATUS OK {{\"{busy}\": \"running\", \"{quiet}\": \"running\"}}");
+    let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
+    let panicked = Instant::now();
+    let refused = client
+        .ask("WORKERS_STATUS", "", Duration::from_secs(3))
+        .await;
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|a| a.starts_with("WORKERS_STATUS ERROR")),
+        "{refused:?}"
+    );
+    let back = eventually(Duration::from_secs(10), || async {
+        workers_status(&fleet.repository_dsn(), Duration::from_secs(2)).await == Some(both.clone())
+    })
+    .await;
+    let answering_back = panicked.elapsed();
+    let log = daemon.log();
+    assert!(back, "{log}");
+    assert!(
+        log.contains("injected fault in the status's workers_status handler"),
+        "{log}"
+    );
+    let seq = coalesce_seq(&repo, busy).await;
+    assert!(snapshots_reach(&repo, busy, seq + 1, Duration::from_secs(10)).await);
+    assert!(daemon.is_alive());
+    eprintln!(
+        "status actor panic: every worker reported again {answering_back:?} after it; peak RSS {} KiB",
+        peak_rss_kib(daemon.pid())
+    );
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panic_in_a_snapshot_actors_handler_restarts_it_alone() {
+    let fleet = fleet(2);
+    let first = fleet.register(0, 5, None).unwrap();
+    let second = fleet.register(1, 5, None).unwrap();
+    // The first Due of whichever actor gets there first.
+    let started = Instant::now();
+    let mut daemon = start_panicking(&fleet, FAST, "snapshot:due");
+    let repo = fleet.repository.client("powa").await.unwrap();
+    let panicked = eventually(Duration::from_secs(20), || async {
+        daemon
+            .log()
+            .contains("injected fault in the snapshot's due handler")
+    })
+    .await;
+    assert!(panicked, "{}", daemon.log());
+    let both = eventually(Duration::from_secs(30), || async {
+        coalesce_seq(&repo, first).await >= 2 && coalesce_seq(&repo, second).await >= 2
+    })
+    .await;
+    let collecting = started.elapsed();
+    let log = daemon.log();
+    assert!(both, "a server was never collected after the panic:\n{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("panic in a handler, restarting in place")
+                && l.contains("actor: snapshot actor")),
+        "{log}"
+    );
+    let answer = workers_status(&fleet.repository_dsn(), Duration::from_secs(10)).await;
+    let answer = answer.unwrap();
+    assert!(
+        answer.contains(&format!("\"{first}\": ")) && answer.contains(&format!("\"{second}\": ")),
+        "{answer}"
+    );
+    // Healthy again at the next snapshot that succeeds.
+    let healthy = eventually(Duration::from_secs(15), || async {
+        workers_status(&fleet.repository_dsn(), Duration::from_secs(2)).await
+            == Some(format!(
+                "WORKERS_STATUS OK {{\"{first}\": \"running\", \"{second}\": \"running\"}}"
+            ))
+    })
+    .await;
+    assert!(healthy, "{}", daemon.log());
+    assert!(daemon.is_alive());
+    let reconnected = log_gap(&log, "panic in a handler", "connected");
+    eprintln!(
+        "snapshot actor handler panic: reconnected {reconnected:?} after it (backoff 0.2 s); \
+         both servers collected {collecting:?} after the start; peak RSS {} KiB",
+        peak_rss_kib(daemon.pid())
+    );
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread")]
+async fn an_actor_that_keeps_panicking_ends_the_process_with_the_reason() {
+    let fleet = fleet(1);
+    fleet.register(0, 5, None).unwrap();
+    // Every report panics: each restart asks for fresh reports, which panic.
+    let started = Instant::now();
+    let mut daemon = start_panicking(&fleet, FAST, "status:report*1000");
+    let status = daemon.wait_exit(Duration::from_secs(20));
+    let ended = started.elapsed();
+    let log = daemon.log();
+    let status = status.unwrap_or_else(|| panic!("still running:\n{log}"));
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("ending the process"), "{log}");
+    assert!(
+        log.contains("the status actor panicked 5 times within 60s")
+            && log.contains("last panic: injected fault in the status's report handler"),
+        "{log}"
+    );
+    eprintln!("status actor panicking in a loop: process ended {ended:?} after the start (exit 1)");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_due_during_a_reloads_bookkeeping_is_taken_when_it_ends() {
+    let fleet = fleet(1);
+    let srvid = fleet.register(0, 10, None).unwrap();
+    // The bookkeeping may wait 25 s on a silent remote.
+    let mut daemon = start(&fleet, &format!("{FAST}[timeouts]\nremote = 25\n"));
+    let repo = fleet.repository.client("powa").await.unwrap();
+    assert!(
+        snapshots_reach(&repo, srvid, 2, Duration::from_secs(30)).await,
+        "{}",
+        daemon.log()
+    );
+    // Right after a snapshot: the next one is due in about 10 s.
+    let seq = coalesce_seq(&repo, srvid).await;
+    assert!(snapshots_reach(&repo, srvid, seq + 1, Duration::from_secs(15)).await);
+    fleet.remotes[0].freeze();
+    let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
+    let answer = client.ask("RELOAD", "", Duration::from_secs(5)).await;
+    // Past the due time, before the silence limit.
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    fleet.remotes[0].thaw();
+    let thawed = Instant::now();
+    assert_eq!(answer.as_deref(), Some("RELOAD OK OK"), "{}", daemon.log());
+    let resumed = snapshots_reach(&repo, srvid, seq + 2, Duration::from_secs(10)).await;
+    let resumed_after = thawed.elapsed();
+    assert!(
+        resumed,
+        "the snapshot due during the bookkeeping was never taken:\n{}",
+        daemon.log()
+    );
+    // And the rhythm goes on.
+    assert!(snapshots_reach(&repo, srvid, seq + 3, Duration::from_secs(15)).await);
+    assert!(daemon.is_alive());
+    eprintln!(
+        "snapshot due during a frozen remote's bookkeeping: taken {resumed_after:?} after the thaw; peak RSS {} KiB",
+        peak_rss_kib(daemon.pid())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_attempt_failing_during_shutdown_ends_it_at_once() {
+    let fleet = fleet(1);
+    fleet.register(0, 5, None).unwrap();
+    // Each attempt on the frozen remote fails after at most 4 s; the
+    // grace period is far longer.
+    fleet.remotes[0].freeze();
+    let config = "[restart]\nbackoff_min = 0.2\nbackoff_max = 1\n[shutdown]\ngrace = 20\n\
+                  [timeouts]\nconnect = 2\nstatement = 2\n";
+    let mut daemon = start(&fleet, config);
+    let connecting = eventually(Duration::from_secs(15), || async {
+        daemon.log().contains("fleet reloaded")
+    })
+    .await;
+    assert!(connecting, "{}", daemon.log());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(30));
+    let took = asked.elapsed();
+    fleet.remotes[0].thaw();
+    let log = daemon.log();
+    let status = status.unwrap_or_else(|| panic!("still running:\n{log}"));
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(
+        took < Duration::from_secs(8),
+        "the stop waited {took:?} for an attempt that had failed:\n{log}"
+    );
+    eprintln!(
+        "stop during a failing connection attempt: exited {took:?} after SIGTERM (grace 20 s)"
+    );
+}

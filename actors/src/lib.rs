@@ -22,6 +22,7 @@ pub mod redact;
 pub mod repo_pool;
 pub mod report;
 pub mod repository;
+pub mod restart;
 pub mod schedule;
 pub mod server;
 pub mod settings;

@@ -84,6 +84,10 @@ impl Drop for Slot {
     }
 }
 
+/// The answer when the actor that does the work is gone (stopping) or was
+/// just restarted (a panic dropped the request).
+const UNAVAILABLE: &str = "The collector is stopping or restarting a part, retry later";
+
 /// New settings after a reload (the DSN change takes effect at the next
 /// reconnection).
 #[derive(Message)]
@@ -168,6 +172,10 @@ impl Actor for Listener {
 
 impl Supervised for Listener {
     fn restarting(&mut self, _: &mut Context<Self>) {
+        if let Some(panic) = crate::restart::take_panic() {
+            warn!(self.logger, "listener restarted after a panic, will LISTEN again";
+                "cause" => panic);
+        }
         self.session_down();
         self.session = None;
         // The requests in flight are dropped with the old context (their
@@ -314,7 +322,12 @@ impl Listener {
         };
         let sender_pid = n.process_id();
         let (request, answer_now) = match protocol::parse(n.payload()) {
-            Ok(request) => (Some(request), None),
+            Ok(request) => {
+                if let Command::WorkersStatus { .. } = request.command {
+                    crate::fault::panic_in("listener", "workers_status");
+                }
+                (Some(request), None)
+            }
             Err(rejection) => {
                 warn!(self.logger, "invalid command ignored";
                     "sender_pid" => sender_pid, "reason" => %rejection);
@@ -440,10 +453,7 @@ async fn execute(
                     .collect();
                 protocol::fleet_status(&items)
             }
-            Err(_) => vec![Answer::error(
-                request.command.kind(),
-                "The collector is stopping",
-            )],
+            Err(_) => vec![Answer::error(request.command.kind(), UNAVAILABLE)],
         };
     }
     vec![execute_one(request, supervisor, status).await]
@@ -482,19 +492,19 @@ async fn execute_one(
             Ok(Ok(outcome)) if outcome.restart_needed.is_empty() => Answer::reload_done(),
             Ok(Ok(outcome)) => Answer::reload_done_but_restart_needed(&outcome.restart_needed),
             Ok(Err(e)) => Answer::error(word, e.to_string()),
-            Err(_) => Answer::error(word, "The collector is stopping"),
+            Err(_) => Answer::error(word, UNAVAILABLE),
         },
         Command::WorkersStatus { srvid } => {
             match status.send(WorkersStatus { wanted: *srvid }).await {
                 Ok(states) => protocol::workers_status(&states, *srvid),
-                Err(_) => Answer::error(word, "The collector is stopping"),
+                Err(_) => Answer::error(word, UNAVAILABLE),
             }
         }
         Command::ForceSnapshot { srvid } => match supervisor.send(Force(*srvid)).await {
             Ok(Ok(ForceAccepted::Started)) => Answer::snapshot_in_progress(),
             Ok(Ok(ForceAccepted::Queued)) => Answer::snapshot_will_begin(),
             Ok(Err(reason)) => Answer::error(word, reason),
-            Err(_) => Answer::error(word, "The collector is stopping"),
+            Err(_) => Answer::error(word, UNAVAILABLE),
         },
         Command::RefreshDbCat { srvid, dbnames } => {
             match supervisor
@@ -503,7 +513,7 @@ async fn execute_one(
             {
                 Ok(Ok(())) => Answer::catalogs_will_refresh(),
                 Ok(Err(reason)) => Answer::error(word, reason),
-                Err(_) => Answer::error(word, "The collector is stopping"),
+                Err(_) => Answer::error(word, UNAVAILABLE),
             }
         }
         // Answered in parts by `execute`; never routed here.

@@ -8,9 +8,10 @@
 //!
 //! Failures go through [`SnapshotActor::fail`]: the error is reported (status,
 //! log, `powa_snapshot_metas.errors`) and the actor stops itself, so that
-//! the actix `Supervisor` restarts it; `started()` then waits a backoff delay
+//! [`crate::restart`] restarts it; `started()` then waits a backoff delay
 //! that grows with consecutive failures. A panic inside the snapshot work is
-//! caught and takes the same path. Errors that waiting cannot fix (bad
+//! caught and takes the same path; a panic in a handler is caught by
+//! [`crate::restart`], which restarts the actor the same way. Errors that waiting cannot fix (bad
 //! credentials, version mismatch, a server not registered properly) leave
 //! the actor idle in a `Failed` state until a reload asks it to try again.
 
@@ -41,7 +42,7 @@ use crate::status::{Report, SnapshotFailed, StatusActor, WorkerReport, WorkerSta
 
 mod life;
 
-use life::{ForceRefusal, Life, OnDue};
+use life::{AfterWork, ForceRefusal, Life, OnDue};
 
 /// A forced snapshot is refused when the last one is this recent.
 const FORCE_MIN_INTERVAL: Duration = Duration::from_secs(10);
@@ -75,7 +76,7 @@ pub struct RefreshCatalogs(pub Vec<String>);
 pub struct Refresh(pub Arc<Settings>);
 
 /// Stop for good (server removed or deactivated). The supervisor drops its
-/// address first, so the actix `Supervisor` does not restart the actor.
+/// address first, so its guard (`restart.rs`) does not restart the actor.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Retire;
@@ -85,6 +86,11 @@ pub struct Retire;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
+
+/// Report the current state again (the status actor restarted).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish;
 
 /// Internal: (re)connect and plan the next snapshot.
 #[derive(Message)]
@@ -191,7 +197,7 @@ impl SnapshotActor {
             }
             Retry::Backoff | Retry::NextSchedule => {
                 self.last_failure = Some((kind, repository, reason));
-                // The actix Supervisor restarts us; `restarting` and
+                // `restart.rs` restarts us; `restarting` and
                 // `started` plan the next attempt.
                 ctx.stop();
             }
@@ -274,18 +280,30 @@ impl Actor for SnapshotActor {
     }
 }
 
+/// Restarted after it stopped itself ([`SnapshotActor::fail`]) or after a
+/// panic in a handler (see [`crate::restart`]): whatever ran is dropped with
+/// the old context, `started` reconnects after the backoff.
 impl Supervised for SnapshotActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.failures = self.failures.saturating_add(1);
         self.report.restarts += 1;
         self.life.restarted();
         self.timer = None;
-        if self.last_failure.is_none() {
+        if let Some(panic) = crate::restart::take_panic() {
+            let reason = self.scrub(&format!("internal error (panic): {panic}"));
+            self.report.last_errors = vec![reason.clone()];
+            self.last_failure = Some((ErrorKind::Internal, false, reason));
+        } else if self.last_failure.is_none() {
             self.last_failure = Some((
                 ErrorKind::Internal,
                 false,
                 "actor stopped unexpectedly".into(),
             ));
+        }
+        if self.life.stopping() {
+            // A shutdown waited for the work the restart dropped.
+            self.set_state(WorkerState::Stopped);
+            self.wake_idle_waiters();
         }
     }
 }
@@ -600,14 +618,17 @@ impl Handler<Connect> for SnapshotActor {
                     };
                     act.set_state(state);
                     act.arm(due, ctx);
-                    if act.life.stopping() {
-                        act.wake_idle_waiters();
-                    }
                 }
                 Err(failure) => {
                     act.life.work_ended(None);
                     act.fail(failure.kind, failure.repository, failure.reason, ctx)
                 }
+            }
+            // A shutdown waits for this attempt, whatever its outcome.
+            if act.life.stopping() {
+                act.cancel_timer(ctx);
+                act.set_state(WorkerState::Stopped);
+                act.wake_idle_waiters();
             }
         }));
     }
@@ -617,6 +638,7 @@ impl Handler<Due> for SnapshotActor {
     type Result = ();
 
     fn handle(&mut self, _: Due, ctx: &mut Context<Self>) {
+        crate::fault::panic_in("snapshot", "due");
         self.timer = None;
         let (mut remote, forced) = match self.life.start_snapshot() {
             OnDue::Snapshot { remote, forced } => (remote, forced),
@@ -624,6 +646,8 @@ impl Handler<Due> for SnapshotActor {
                 ctx.notify(Connect);
                 return;
             }
+            // Remembered by the life: taken when the work ends.
+            OnDue::AfterWork => return,
             OnDue::Ignore => return,
         };
         let due = if forced {
@@ -837,7 +861,13 @@ impl Handler<Refresh> for SnapshotActor {
         });
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
             match result {
-                Ok(remote) => act.life.work_ended(Some(remote)),
+                Ok(remote) => {
+                    if act.life.work_ended(Some(remote)) == AfterWork::SnapshotDue {
+                        // Its timer fired, or a forced one was accepted,
+                        // while the bookkeeping ran.
+                        ctx.notify(Due);
+                    }
+                }
                 Err(failure) => {
                     act.life.work_ended(None);
                     act.fail(failure.kind, failure.repository, failure.reason, ctx)
@@ -847,6 +877,14 @@ impl Handler<Refresh> for SnapshotActor {
                 act.wake_idle_waiters();
             }
         }));
+    }
+}
+
+impl Handler<Publish> for SnapshotActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Publish, _: &mut Context<Self>) {
+        self.publish();
     }
 }
 

@@ -3,7 +3,10 @@
 //! and whatever the snapshot actors are busy with.
 //!
 //! Snapshot actors push a whole [`WorkerReport`] each time something changes;
-//! nothing here talks to a database.
+//! nothing here talks to a database. After a panic in a handler the actor
+//! is restarted in place ([`crate::restart`]): what it held may be half
+//! updated or miss a lost report, so it starts empty, as at start-up, and
+//! asks the supervisor for a fresh report of every worker.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -39,6 +42,17 @@ pub struct WorkersStatus {
     pub wanted: Option<SrvId>,
 }
 
+/// Asked of the supervisor after a restart: every snapshot actor reports
+/// again; the answer is the fleet's srvids (the others are forgotten).
+#[derive(Message)]
+#[rtype(result = "Vec<SrvId>")]
+pub struct Republish;
+
+/// Where to ask for [`Republish`] (the supervisor starts after this actor).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReportsFrom(pub Recipient<Republish>);
+
 /// Every detail, for the CLI.
 #[derive(Message)]
 #[rtype(result = "Vec<WorkerReport>")]
@@ -50,6 +64,7 @@ pub struct Details {
 pub struct StatusActor {
     workers: BTreeMap<SrvId, WorkerReport>,
     probes: Probes,
+    reports_from: Option<Recipient<Republish>>,
 }
 
 /// Snapshot actors report with `do_send`, which ignores the mailbox bound:
@@ -59,6 +74,32 @@ impl Actor for StatusActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.probes.liveness.keep_beating(Component::Status, ctx);
+    }
+}
+
+impl Supervised for StatusActor {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        self.workers.clear();
+        let Some(source) = self.reports_from.clone() else {
+            return;
+        };
+        ctx.spawn(
+            async move { source.send(Republish).await }
+                .into_actor(self)
+                .map(|fleet, act, _| {
+                    if let Ok(fleet) = fleet {
+                        act.workers.retain(|srvid, _| fleet.contains(srvid));
+                    }
+                }),
+        );
+    }
+}
+
+impl Handler<ReportsFrom> for StatusActor {
+    type Result = ();
+
+    fn handle(&mut self, ReportsFrom(source): ReportsFrom, _: &mut Self::Context) {
+        self.reports_from = Some(source);
     }
 }
 
@@ -97,6 +138,7 @@ impl Handler<Report> for StatusActor {
     type Result = ();
 
     fn handle(&mut self, Report(report): Report, _: &mut Self::Context) {
+        crate::fault::panic_in("status", "report");
         self.probes.metrics.report(&report);
         self.workers.insert(report.srvid, report);
         self.summarise();
@@ -126,6 +168,7 @@ impl Handler<WorkersStatus> for StatusActor {
 
     fn handle(&mut self, msg: WorkersStatus, _: &mut Self::Context) -> Self::Result {
         crate::fault::in_status_handler();
+        crate::fault::panic_in("status", "workers_status");
         let now = SystemTime::now();
         MessageResult(
             self.selected(msg.wanted)
@@ -181,5 +224,62 @@ mod tests {
         status.send(Forget(2)).await.unwrap();
         let all = status.send(WorkersStatus { wanted: None }).await.unwrap();
         assert_eq!(all, vec![(1, "stopping".to_string())]);
+    }
+
+    /// A panic in a handler, for the restart test.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Crash;
+
+    impl Handler<Crash> for StatusActor {
+        type Result = ();
+        fn handle(&mut self, _: Crash, _: &mut Self::Context) {
+            panic!("crash");
+        }
+    }
+
+    /// The supervisor's part: on `Republish`, server 1 reports afresh;
+    /// server 2 left the fleet.
+    struct Fleet(Addr<StatusActor>);
+
+    impl Actor for Fleet {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Republish> for Fleet {
+        type Result = MessageResult<Republish>;
+        fn handle(&mut self, _: Republish, _: &mut Context<Self>) -> Self::Result {
+            let mut fresh = WorkerReport::new(1, "a:5432".into());
+            fresh.state = WorkerState::Stopping;
+            self.0.do_send(Report(fresh));
+            MessageResult(vec![1])
+        }
+    }
+
+    #[actix_rt::test]
+    async fn after_a_panic_every_worker_reports_afresh_and_gone_ones_are_forgotten() {
+        let guard = crate::restart::Guard {
+            kind: "status actor",
+            logger: slog::Logger::root(slog::Discard, slog::o!()),
+            escalation: crate::restart::Escalation::Never,
+        };
+        let status = crate::restart::start(guard, |_| StatusActor::default());
+        let fleet = Fleet(status.clone()).start();
+        status.send(ReportsFrom(fleet.recipient())).await.unwrap();
+        for srvid in [1, 2] {
+            let mut report = WorkerReport::new(srvid, "a:5432".into());
+            report.state = WorkerState::Running;
+            status.send(Report(report)).await.unwrap();
+        }
+        assert!(status.send(Crash).await.is_err());
+        let mut answer = vec![];
+        for _ in 0..50 {
+            answer = status.send(WorkersStatus { wanted: None }).await.unwrap();
+            if answer == vec![(1, "stopping".to_string())] {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(answer, vec![(1, "stopping".to_string())]);
     }
 }

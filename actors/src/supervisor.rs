@@ -6,8 +6,11 @@
 //! servers whose row changed are retired and started again with the new
 //! row, and the others are asked to refresh (reconnect when unhealthy,
 //! redo the version bookkeeping). Snapshot actors are spread over several
-//! arbiters (threads); each runs under an actix `Supervisor`, so a failing
-//! actor restarts without this actor's help. Only this actor holds strong
+//! arbiters (threads); each runs under [`restart`](crate::restart), so a
+//! failing or panicking actor restarts without this actor's help. A panic
+//! here restarts this actor in place: it keeps its registry (the snapshot
+//! actors run on) and loads the server list again through the start-up
+//! path, which repairs whatever the panic left half done. Only this actor holds strong
 //! addresses of snapshot actors: dropping the entry and sending `Retire`
 //! ends one for good.
 
@@ -26,12 +29,14 @@ use crate::liveness::Component;
 use crate::probes::Probes;
 use crate::repo_pool::RepoPool;
 use crate::repository;
+use crate::restart::{self, Escalation, Guard};
 use crate::server::{ServerSpec, SrvId};
 use crate::settings::Settings;
 use crate::snapshot_actor::{
-    ForceAccepted, ForceSnapshot, Refresh, RefreshCatalogs, Retire, Shared, Shutdown, SnapshotActor,
+    ForceAccepted, ForceSnapshot, Publish, Refresh, RefreshCatalogs, Retire, Shared, Shutdown,
+    SnapshotActor,
 };
-use crate::status::{Forget, StatusActor};
+use crate::status::{Forget, Republish, StatusActor};
 
 /// Re-reads the configuration file (and applies what the binary owns, such
 /// as the log level), with the changed settings that only a restart
@@ -147,7 +152,14 @@ impl Supervisor {
         let shared = self.shared.clone();
         let srvid = spec.srvid;
         let actor_spec = spec.clone();
-        let addr = actix::Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+        let guard = Guard {
+            kind: "snapshot actor",
+            logger: self.logger.new(slog::o!("srvid" => srvid)),
+            // Its restarts wait a growing backoff; one server's bug never
+            // ends the process.
+            escalation: Escalation::Never,
+        };
+        let addr = restart::start_in_arbiter(&arbiter.handle(), guard, move |_| {
             SnapshotActor::new(actor_spec, settings, shared)
         });
         self.registry.insert(srvid, Entry { spec, addr });
@@ -156,7 +168,7 @@ impl Supervisor {
     fn retire_actor(&mut self, srvid: SrvId) {
         if let Some(entry) = self.registry.remove(&srvid) {
             // The entry held the only strong address: once `Retire` stops
-            // the actor, its actix Supervisor has no reason to restart it.
+            // the actor, its guard (`restart.rs`) has no reason to restart it.
             entry.addr.do_send(Retire);
             self.shared.status.do_send(Forget(srvid));
         }
@@ -216,6 +228,17 @@ impl Actor for Supervisor {
     }
 }
 
+/// Restarted in place after a panic (see [`restart`]): the registry and
+/// the arbiters stay, the server list is loaded again as at start-up.
+impl Supervised for Supervisor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        let panic = restart::take_panic().unwrap_or_else(|| "stopped".to_string());
+        error!(self.logger, "supervisor restarted, loading the server list again";
+            "cause" => panic);
+        self.loaded = false;
+    }
+}
+
 /// The first load of the server list; retried with a growing delay until
 /// one load (this one, or a reload asked meanwhile) succeeds.
 #[derive(Message)]
@@ -263,6 +286,10 @@ impl Handler<Reload> for Supervisor {
     type Result = ResponseActFuture<Self, Result<ReloadOutcome, ReloadError>>;
 
     fn handle(&mut self, _: Reload, ctx: &mut Context<Self>) -> Self::Result {
+        if self.loaded {
+            // A reload of a running fleet (the first load is retried anyway).
+            crate::fault::panic_in("supervisor", "reload");
+        }
         let config = (self.reload_config)();
         let pool = self.shared.pool.clone();
         let fut = async move {
@@ -363,6 +390,17 @@ impl Handler<Force> for Supervisor {
                     .unwrap_or_else(|_| Err("The server's worker is restarting".to_string())),
             }
         })
+    }
+}
+
+impl Handler<Republish> for Supervisor {
+    type Result = MessageResult<Republish>;
+
+    fn handle(&mut self, _: Republish, _: &mut Context<Self>) -> Self::Result {
+        for entry in self.registry.values() {
+            entry.addr.do_send(Publish);
+        }
+        MessageResult(self.registry.keys().copied().collect())
     }
 }
 

@@ -1,5 +1,7 @@
 //! The life of a snapshot actor as one value: what it is doing
-//! ([`Phase`]) and whether a forced snapshot waits ([`Life::forced`]).
+//! ([`Phase`]), whether a forced snapshot waits ([`Life::forced`]) and
+//! whether a snapshot fell due during the bookkeeping of a reload
+//! ([`Life::due_waits`]: taken when it ends, never lost).
 //! Pure: the actor asks it what an event may do and acts on the answer;
 //! the tests below drive every transition without a database or an actor
 //! system (`R` is the remote session, a plain value in the tests).
@@ -57,8 +59,20 @@ pub enum OnDue<R> {
     Snapshot { remote: R, forced: bool },
     /// No session: connect first.
     Connect,
-    /// Busy or stopping: nothing.
+    /// Busy with a reload's bookkeeping: remembered, the snapshot is
+    /// taken when it ends ([`AfterWork::SnapshotDue`]).
+    AfterWork,
+    /// Busy with a snapshot or connecting (which plans the next one), or
+    /// stopping: nothing.
     Ignore,
+}
+
+/// What is left to do when work ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterWork {
+    Nothing,
+    /// A snapshot fell due meanwhile: take it now.
+    SnapshotDue,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -67,6 +81,9 @@ pub struct Life<R> {
     /// A forced snapshot was accepted and not yet taken; cleared when a
     /// snapshot ends and at a restart.
     forced: bool,
+    /// A `Due` arrived during a reload's bookkeeping: its timer is spent,
+    /// so the snapshot is taken when the bookkeeping ends.
+    due_waits: bool,
 }
 
 impl<R> Default for Life<R> {
@@ -74,6 +91,7 @@ impl<R> Default for Life<R> {
         Life {
             phase: Phase::Disconnected,
             forced: false,
+            due_waits: false,
         }
     }
 }
@@ -123,6 +141,11 @@ impl<R> Life<R> {
                 }
             }
             Phase::Disconnected => OnDue::Connect,
+            Phase::Busy(Work::Refreshing) => {
+                self.phase = Phase::Busy(Work::Refreshing);
+                self.due_waits = true;
+                OnDue::AfterWork
+            }
             other => {
                 self.phase = other;
                 OnDue::Ignore
@@ -167,24 +190,31 @@ impl<R> Life<R> {
 
     /// The running work ended: idle again with the session given back, or
     /// disconnected without one; stopped if a stop was asked meanwhile (the
-    /// session is dropped). A snapshot's end clears a forced request.
-    pub fn work_ended(&mut self, remote: Option<R>) {
+    /// session is dropped). A snapshot's end clears a forced request. Idle
+    /// again after a snapshot fell due meanwhile: [`AfterWork::SnapshotDue`].
+    pub fn work_ended(&mut self, remote: Option<R>) -> AfterWork {
         let (work, stopping) = match self.phase {
             Phase::Busy(work) => (work, false),
             Phase::Stopping(work) => (work, true),
             // Retired while the work ran: stays stopped.
             Phase::Stopped => (Work::Connecting, true),
             // Work from before a restart: what runs now is not its business.
-            Phase::Disconnected | Phase::Idle(_) => return,
+            Phase::Disconnected | Phase::Idle(_) => return AfterWork::Nothing,
         };
         if work == Work::Snapshot {
             self.forced = false;
         }
+        let due = std::mem::take(&mut self.due_waits);
         self.phase = match (stopping, remote) {
             (true, _) => Phase::Stopped,
             (false, Some(remote)) => Phase::Idle(remote),
+            // A failure: the restart reconnects and plans from the repository.
             (false, None) => Phase::Disconnected,
         };
+        match self.phase {
+            Phase::Idle(_) if due => AfterWork::SnapshotDue,
+            _ => AfterWork::Nothing,
+        }
     }
 
     /// The idle session was lost (or a failure ended it).
@@ -213,10 +243,11 @@ impl<R> Life<R> {
         self.phase = Phase::Stopped;
     }
 
-    /// The actix `Supervisor` restarts the actor: whatever ran is gone, a
+    /// The actor is restarted (after a stop or a panic): whatever ran is gone, a
     /// stop asked before stays.
     pub fn restarted(&mut self) {
         self.forced = false;
+        self.due_waits = false;
         self.phase = if self.stopping() {
             Phase::Stopped
         } else {
@@ -386,5 +417,83 @@ mod tests {
         life.shut_down();
         assert_eq!(life.start_refreshing(true), None);
         assert_eq!(life.phase(), &Phase::Stopping(Work::Snapshot));
+    }
+
+    #[test]
+    fn a_due_during_a_reloads_bookkeeping_is_taken_when_it_ends() {
+        let mut life = idle();
+        assert_eq!(life.start_refreshing(true), Some("session"));
+        assert_eq!(life.start_snapshot(), OnDue::AfterWork);
+        assert_eq!(life.phase(), &Phase::Busy(Work::Refreshing));
+        assert_eq!(life.work_ended(Some("session")), AfterWork::SnapshotDue);
+        assert_eq!(
+            life.start_snapshot(),
+            OnDue::Snapshot {
+                remote: "session",
+                forced: false
+            }
+        );
+        assert_eq!(life.work_ended(Some("session")), AfterWork::Nothing);
+        // Remembered once: the next bookkeeping owes nothing.
+        life.start_refreshing(true);
+        assert_eq!(life.work_ended(Some("session")), AfterWork::Nothing);
+    }
+
+    #[test]
+    fn a_forced_snapshot_accepted_just_before_a_reload_is_taken_after_it() {
+        let mut life = idle();
+        assert_eq!(life.may_force(), Ok(()));
+        life.force();
+        // The reload's Refresh arrives before the forced Due.
+        assert_eq!(life.start_refreshing(true), Some("session"));
+        assert_eq!(life.start_snapshot(), OnDue::AfterWork);
+        assert_eq!(life.work_ended(Some("session")), AfterWork::SnapshotDue);
+        assert_eq!(
+            life.start_snapshot(),
+            OnDue::Snapshot {
+                remote: "session",
+                forced: true
+            }
+        );
+    }
+
+    #[test]
+    fn a_due_waiting_on_failed_or_stopped_work_goes_with_it() {
+        // The bookkeeping failed: the restart plans from the repository.
+        let mut life = idle();
+        life.start_refreshing(true);
+        assert_eq!(life.start_snapshot(), OnDue::AfterWork);
+        assert_eq!(life.work_ended(None), AfterWork::Nothing);
+        assert_eq!(life.phase(), &Phase::Disconnected);
+        life.restarted();
+        assert!(life.start_connecting());
+        assert_eq!(life.work_ended(Some("session")), AfterWork::Nothing);
+        // A stop asked meanwhile: nothing more starts.
+        let mut life = idle();
+        life.start_refreshing(true);
+        life.start_snapshot();
+        life.shut_down();
+        assert_eq!(life.start_snapshot(), OnDue::Ignore);
+        assert_eq!(life.work_ended(Some("session")), AfterWork::Nothing);
+        assert_eq!(life.phase(), &Phase::Stopped);
+        // A restart during the bookkeeping forgets it.
+        let mut life = idle();
+        life.start_refreshing(true);
+        life.start_snapshot();
+        life.restarted();
+        assert!(life.start_connecting());
+        assert_eq!(life.work_ended(Some("session")), AfterWork::Nothing);
+    }
+
+    #[test]
+    fn a_due_during_a_snapshot_or_a_connection_is_not_remembered() {
+        let mut life = idle();
+        life.start_snapshot();
+        assert_eq!(life.start_snapshot(), OnDue::Ignore);
+        assert_eq!(life.work_ended(Some("session")), AfterWork::Nothing);
+        let mut life = Life::default();
+        life.start_connecting();
+        assert_eq!(life.start_snapshot(), OnDue::Ignore);
+        assert_eq!(life.work_ended(Some("session")), AfterWork::Nothing);
     }
 }
