@@ -95,6 +95,17 @@ pub struct Config {
     pub restart: RestartSection,
     #[serde(default)]
     pub shutdown: ShutdownSection,
+    #[serde(default)]
+    pub member: MemberSection,
+}
+
+/// This collector among the others sharing the repository.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSection {
+    /// Shown in `application_name` and status; default host name and pid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -590,6 +601,7 @@ impl Loaded {
             backoff_max: secs(c.restart.backoff_max),
             shutdown_grace: secs(c.shutdown.grace),
             worker_threads: c.snapshots.worker_threads,
+            member_name: c.member.name.clone().filter(|n| !n.trim().is_empty()),
         }
     }
 

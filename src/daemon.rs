@@ -10,6 +10,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use powa_fleet_actors::connect::connect_repository;
 use powa_fleet_actors::listener::{Listener, NewSettings};
+use powa_fleet_actors::member_actor::{Attach, MemberActor, MemberSettings};
+use powa_fleet_actors::membership::{self, FleetView};
 use powa_fleet_actors::repository;
 use powa_fleet_actors::status::StatusActor;
 use powa_fleet_actors::supervisor::{Reload, StopAll, Supervisor};
@@ -34,6 +36,14 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
         }
         info!(logger, "starting"; "version" => env!("CARGO_PKG_VERSION"),
             "max_concurrent_snapshots" => settings.max_concurrent_snapshots);
+        let name = settings
+            .member_name
+            .clone()
+            .unwrap_or_else(membership::default_name);
+        info!(logger, "fleet member"; "name" => &name);
+        let fleet = FleetView::new(&name);
+        let member =
+            MemberActor::new(Arc::new(settings.clone()), fleet.clone(), logger.clone()).start();
         let status = StatusActor::default().start();
         let listener_settings = Arc::new(settings.clone());
         let reload_logger = logger.clone();
@@ -50,20 +60,30 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
                 Err(e.to_string())
             }
         });
-        let supervisor =
-            Supervisor::new(settings.clone(), reloader, status.clone(), logger.clone()).start();
+        let supervisor = Supervisor::new(
+            settings.clone(),
+            reloader,
+            status.clone(),
+            member.clone(),
+            fleet.clone(),
+            logger.clone(),
+        )
+        .start();
+        member.do_send(Attach(supervisor.clone()));
         let listener = {
             let supervisor = supervisor.clone();
             let status = status.clone();
             let logger = logger.clone();
+            let fleet = fleet.clone();
             actix::Supervisor::start(move |_| {
-                Listener::new(listener_settings, supervisor, status, logger)
+                Listener::new(listener_settings, supervisor, status, fleet, logger)
             })
         };
         {
             let listener = listener.clone();
             actix_rt::spawn(async move {
                 while let Some(settings) = settings_rx.recv().await {
+                    member.do_send(MemberSettings(settings.clone()));
                     listener.do_send(NewSettings(settings));
                 }
             });

@@ -14,6 +14,7 @@ use tokio_postgres::{Client, Transaction};
 
 use crate::copy::{pipe, PipeError};
 use crate::error::{classify, pg_message, ErrorKind};
+use crate::fencing::{Fence, Fenced};
 use crate::layout::Layout;
 use crate::server::SrvId;
 
@@ -55,6 +56,10 @@ pub enum SnapshotError {
     /// The remote server sent nothing for `secs` seconds.
     #[error("snapshot aborted, remote server sent nothing for {secs}s while {what}: it is not answering")]
     RemoteSilent { what: &'static str, secs: u64 },
+    /// The fence refused the snapshot: rolled back, nothing to report in
+    /// the repository (another member collects the server, or just did).
+    #[error("snapshot not written: {0}")]
+    Fenced(Fenced),
 }
 
 impl SnapshotError {
@@ -64,6 +69,7 @@ impl SnapshotError {
                 classify(source)
             }
             SnapshotError::RemoteSilent { .. } => ErrorKind::Connection,
+            SnapshotError::Fenced(_) => ErrorKind::Internal,
         }
     }
 }
@@ -120,6 +126,9 @@ pub struct Job<'a> {
     /// PoWA 5: catalogs to copy whatever their age.
     pub catalogs: &'a CatalogRefresh,
     pub open_database: &'a OpenDatabase,
+    /// What the snapshot must prove before it writes (several members);
+    /// `None` writes unconditionally (one snapshot driven by hand).
+    pub fence: Option<Fence>,
 }
 
 /// One copy from the remote into a staging table of the repository.

@@ -11,7 +11,8 @@
 //! again. Requests are handled concurrently (they are short); a bound on
 //! requests in flight keeps a flood of notifications from growing memory.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -24,8 +25,11 @@ use tokio_postgres::{AsyncMessage, Client, Notification};
 use crate::connect::prepare_repository;
 use crate::error::{backoff_delay, classify};
 use crate::layout::Layout;
+use crate::membership::{self, FleetView};
 use crate::privileges::PermissionRule;
+use crate::protocol::gather::{self, Gather, Kind, Part, GATHER_CHANNEL};
 use crate::protocol::{self, Answer, Command, Request};
+use crate::server::SrvId;
 use crate::settings::Settings;
 use crate::snapshot_actor::ForceAccepted;
 use crate::status::{Details, StatusActor, WorkersStatus};
@@ -34,6 +38,20 @@ use crate::supervisor::{Force, RefreshCatalogsOf, Reload, Supervisor};
 /// Requests handled at once; beyond this a request is answered with an
 /// error instead of queueing without bound.
 const MAX_IN_FLIGHT: usize = 256;
+
+/// How long a member with no leader in sight waits for one to be elected
+/// (the repository just restarted, say) before answering itself.
+const LEADER_WAIT: Duration = Duration::from_secs(3);
+
+/// How long the leader waits for the other members' workers before
+/// answering a fleet-wide request with what it has.
+const GATHER_BUDGET: Duration = Duration::from_millis(1500);
+
+/// The state shown for a registered server no member collects.
+const UNCOLLECTED: &str = "waiting for a collector";
+
+/// Gatherings in flight, by id: where their parts go.
+type Pending = Rc<RefCell<HashMap<u64, tokio::sync::mpsc::UnboundedSender<Part>>>>;
 
 /// New settings after a reload (the DSN change takes effect at the next
 /// reconnection).
@@ -50,10 +68,13 @@ pub struct Listener {
     settings: Arc<Settings>,
     supervisor: Addr<Supervisor>,
     status: Addr<StatusActor>,
+    fleet: FleetView,
     logger: Logger,
     session: Option<Session>,
     failures: u32,
     in_flight: Rc<Cell<usize>>,
+    pending: Pending,
+    next_gather: Rc<Cell<u64>>,
 }
 
 /// The live LISTEN session.
@@ -62,6 +83,8 @@ struct Session {
     client: Rc<Client>,
     /// The permission check of [`PermissionRule::sql`], built once.
     permission_sql: Rc<str>,
+    /// Where the other members send this member's gatherings.
+    reply_channel: Rc<str>,
 }
 
 impl Listener {
@@ -69,16 +92,20 @@ impl Listener {
         settings: Arc<Settings>,
         supervisor: Addr<Supervisor>,
         status: Addr<StatusActor>,
+        fleet: FleetView,
         logger: Logger,
     ) -> Listener {
         Listener {
             settings,
             supervisor,
             status,
+            fleet,
             logger: logger.new(slog::o!("actor" => "listener")),
             session: None,
             failures: 0,
             in_flight: Rc::new(Cell::new(0)),
+            pending: Pending::default(),
+            next_gather: Rc::new(Cell::new(1)),
         }
     }
 }
@@ -163,15 +190,27 @@ impl Handler<Connect> for Listener {
                         )
                         .await?;
                     let layout = Layout::read(&setup).await?;
-                    Ok::<_, tokio_postgres::Error>(PermissionRule::new(row.get(0), &layout))
+                    let pid: i32 = setup
+                        .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+                        .await?
+                        .get(0);
+                    let reply_channel = gather::reply_channel(pid);
+                    setup
+                        .batch_execute(&format!("LISTEN {GATHER_CHANNEL}; LISTEN {reply_channel}"))
+                        .await?;
+                    Ok::<_, tokio_postgres::Error>((
+                        PermissionRule::new(row.get(0), &layout),
+                        reply_channel,
+                    ))
                 }
                 .into_actor(act)
                 .map(move |result, act, ctx| match result {
-                    Ok(rule) => {
+                    Ok((rule, reply_channel)) => {
                         info!(act.logger, "listening for commands"; "channel" => protocol::LISTEN_CHANNEL);
                         act.session = Some(Session {
                             client,
                             permission_sql: rule.sql().into(),
+                            reply_channel: reply_channel.into(),
                         });
                         act.failures = 0;
                     }
@@ -215,12 +254,24 @@ impl StreamHandler<Result<AsyncMessage, tokio_postgres::Error>> for Listener {
 
 impl Listener {
     fn on_notification(&mut self, n: Notification, ctx: &mut Context<Self>) {
-        if n.channel() != protocol::LISTEN_CHANNEL {
-            return;
-        }
         let Some(session) = self.session.clone() else {
             return;
         };
+        if n.channel() == GATHER_CHANNEL {
+            self.on_gather(&session, n.payload(), ctx);
+            return;
+        }
+        if n.channel() == &*session.reply_channel {
+            if let Some(part) = gather::parse_part(n.payload()) {
+                if let Some(tx) = self.pending.borrow().get(&part.id) {
+                    let _ = tx.send(part);
+                }
+            }
+            return;
+        }
+        if n.channel() != protocol::LISTEN_CHANNEL {
+            return;
+        }
         let sender_pid = n.process_id();
         let (request, answer_now) = match protocol::parse(n.payload()) {
             Ok(request) => (Some(request), None),
@@ -242,7 +293,17 @@ impl Listener {
             return;
         }
         if let Some((channel, answer)) = answer_now {
-            self.spawn_answer(session, channel, answer, ctx);
+            // Every member got it: the leader answers.
+            let fleet = self.fleet.clone();
+            let logger = self.logger.clone();
+            ctx.spawn(
+                async move {
+                    if answers_here(&session, &fleet, None).await {
+                        send_answer(&session.client, &channel, &answer, &logger).await;
+                    }
+                }
+                .into_actor(self),
+            );
             return;
         }
         let Some(request) = request else { return };
@@ -251,14 +312,33 @@ impl Listener {
         let supervisor = self.supervisor.clone();
         let status = self.status.clone();
         let logger = self.logger.clone();
+        let fleet = self.fleet.clone();
+        let gatherer = Gatherer {
+            fleet: fleet.clone(),
+            pending: self.pending.clone(),
+            next: self.next_gather.clone(),
+        };
         ctx.spawn(
             async move {
+                // Every member receives every request; one answers it.
+                let answering = answers_here(&session, &fleet, request.command.srvid()).await;
+                if !answering {
+                    // A reload reaches every member, answered by the leader.
+                    if matches!(request.command, Command::Reload)
+                        && check(&session, sender_pid, &request, &logger).await.is_ok()
+                    {
+                        let _ = supervisor.send(Reload).await;
+                    }
+                    in_flight.set(in_flight.get() - 1);
+                    return;
+                }
                 let answers = execute(
                     &session,
                     sender_pid,
                     &request,
                     &supervisor,
                     &status,
+                    &gatherer,
                     &logger,
                 )
                 .await;
@@ -269,6 +349,43 @@ impl Listener {
                     }
                 }
                 in_flight.set(in_flight.get() - 1);
+            }
+            .into_actor(self),
+        );
+    }
+
+    /// Another member's leader asks for this member's workers.
+    fn on_gather(&mut self, session: &Session, payload: &str, ctx: &mut Context<Self>) {
+        let Some(request) = Gather::parse(payload) else {
+            return;
+        };
+        if request.reply_to == *session.reply_channel {
+            // Our own request: the leader has its workers at hand.
+            return;
+        }
+        let Some(member_pid) = self.fleet.pid() else {
+            return;
+        };
+        let status = self.status.clone();
+        let client = session.client.clone();
+        let logger = self.logger.clone();
+        ctx.spawn(
+            async move {
+                let Ok(entries) = local_entries(&status, request.kind).await else {
+                    return;
+                };
+                for part in gather::encode_parts(request.id, member_pid, &entries) {
+                    if let Err(e) = client
+                        .execute(
+                            "SELECT pg_catalog.pg_notify($1, $2)",
+                            &[&request.reply_to, &part],
+                        )
+                        .await
+                    {
+                        warn!(logger, "could not send workers to the leader"; "error" => %e);
+                        return;
+                    }
+                }
             }
             .into_actor(self),
         );
@@ -286,6 +403,140 @@ impl Listener {
             async move { send_answer(&session.client, &channel, &answer, &logger).await }
                 .into_actor(self),
         );
+    }
+}
+
+/// What the leader needs to gather the other members' workers.
+struct Gatherer {
+    fleet: FleetView,
+    pending: Pending,
+    next: Rc<Cell<u64>>,
+}
+
+/// This member's entries for a gathering: (srvid, state or item).
+async fn local_entries(
+    status: &Addr<StatusActor>,
+    kind: Kind,
+) -> Result<Vec<(SrvId, String)>, MailboxError> {
+    Ok(match kind {
+        Kind::Workers => status.send(WorkersStatus { wanted: None }).await?,
+        Kind::Fleet => {
+            let now = SystemTime::now();
+            status
+                .send(Details { wanted: None })
+                .await?
+                .iter()
+                .map(|r| (r.srvid, protocol::fleet_item(r, now)))
+                .collect()
+        }
+    })
+}
+
+impl Gatherer {
+    /// The other members' entries, as many as arrive within the budget.
+    async fn others(&self, session: &Session, kind: Kind) -> Vec<(SrvId, String)> {
+        let view = self.fleet.get();
+        let others: Vec<i32> = view
+            .members
+            .iter()
+            .map(|m| m.pid)
+            .filter(|pid| Some(*pid) != view.pid)
+            .collect();
+        if others.is_empty() {
+            return Vec::new();
+        }
+        let id = self.next.get();
+        self.next.set(id + 1);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        self.pending.borrow_mut().insert(id, tx);
+        let request = Gather {
+            kind,
+            reply_to: session.reply_channel.to_string(),
+            id,
+        };
+        let mut got: BTreeMap<i32, (usize, usize, Vec<(SrvId, String)>)> = BTreeMap::new();
+        let sent = session
+            .client
+            .execute(
+                "SELECT pg_catalog.pg_notify($1, $2)",
+                &[&GATHER_CHANNEL, &request.encode()],
+            )
+            .await;
+        if sent.is_ok() {
+            let deadline = tokio::time::Instant::now() + GATHER_BUDGET;
+            let complete = |got: &BTreeMap<i32, (usize, usize, Vec<(SrvId, String)>)>| {
+                others
+                    .iter()
+                    .all(|pid| got.get(pid).is_some_and(|(n, total, _)| n == total))
+            };
+            while !complete(&got) {
+                let Ok(Some(part)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+                    break;
+                };
+                let entry = got.entry(part.member_pid).or_insert((0, part.total, vec![]));
+                entry.0 += 1;
+                entry.2.extend(part.entries);
+            }
+        }
+        self.pending.borrow_mut().remove(&id);
+        got.into_values().flat_map(|(_, _, e)| e).collect()
+    }
+
+    /// This member's entries, the others', and the registered servers no
+    /// member reported (WORKERS_STATUS only).
+    async fn fleet(
+        &self,
+        session: &Session,
+        status: &Addr<StatusActor>,
+        kind: Kind,
+    ) -> Result<Vec<(SrvId, String)>, MailboxError> {
+        let mut all: BTreeMap<SrvId, String> = BTreeMap::new();
+        for (srvid, entry) in self.others(session, kind).await {
+            all.entry(srvid).or_insert(entry);
+        }
+        // Ours last: on a server being handed over, the owner's word wins.
+        all.extend(local_entries(status, kind).await?);
+        if kind == Kind::Workers {
+            for srvid in self.fleet.get().known {
+                all.entry(srvid)
+                    .or_insert_with(|| UNCOLLECTED.to_string());
+            }
+        }
+        Ok(all.into_iter().collect())
+    }
+}
+
+/// Whether this member answers a request about `srvid` (`None`: about
+/// the fleet): the owner of a server answers for it; the leader answers
+/// for the fleet and for servers no member holds. Without a leader in
+/// sight (all members reconnecting) a member waits for one, then answers
+/// itself rather than leave the client without an answer.
+async fn answers_here(session: &Session, fleet: &FleetView, srvid: Option<SrvId>) -> bool {
+    if let Some(srvid) = srvid {
+        if fleet.owns(srvid) {
+            return true;
+        }
+        match membership::server_holders(&*session.client).await {
+            Ok(held) if held.iter().any(|(s, _)| *s == srvid) => return false,
+            Ok(_) => {}
+            // Cannot tell: let the leader rule decide.
+            Err(_) => {}
+        }
+    }
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    loop {
+        if fleet.is_leader() {
+            return true;
+        }
+        if let Ok(Some(pid)) = membership::leader(&*session.client).await {
+            if Some(pid) != fleet.pid() {
+                return false;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -309,12 +560,35 @@ async fn execute(
     request: &Request,
     supervisor: &Addr<Supervisor>,
     status: &Addr<StatusActor>,
+    gatherer: &Gatherer,
     logger: &Logger,
 ) -> Vec<Answer> {
     if let Err(refused) = check(session, sender_pid, request, logger).await {
         return vec![refused];
     }
     info!(logger, "command received"; "command" => request.command.kind().as_str(), "sender_pid" => sender_pid);
+    // Fleet-wide requests: the leader answers for every member.
+    match &request.command {
+        Command::WorkersStatus { srvid: None } => {
+            return vec![match gatherer.fleet(session, status, Kind::Workers).await {
+                Ok(states) => protocol::workers_status(&states, None),
+                Err(_) => Answer::error(request.command.kind(), "The collector is stopping"),
+            }];
+        }
+        Command::FleetStatus { srvid: None } => {
+            return match gatherer.fleet(session, status, Kind::Fleet).await {
+                Ok(entries) => {
+                    let items: Vec<String> = entries.into_iter().map(|(_, item)| item).collect();
+                    protocol::fleet_status(&items)
+                }
+                Err(_) => vec![Answer::error(
+                    request.command.kind(),
+                    "The collector is stopping",
+                )],
+            };
+        }
+        _ => {}
+    }
     if let Command::FleetStatus { srvid } = &request.command {
         return match status.send(Details { wanted: *srvid }).await {
             Ok(reports) => {

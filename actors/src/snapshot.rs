@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, Transaction};
 
 use crate::error::pg_message;
+use crate::fencing::{self, Fenced};
 use crate::job::{copy_one, is_lost, on_remote, remote, repo};
 pub use crate::job::{
     CatalogRefresh, CopyPlan, Job, OpenDatabase, SnapshotError, SnapshotReport, Step,
@@ -71,6 +72,14 @@ pub async fn take_snapshot(
         .transaction()
         .await
         .map_err(repo("opening the transaction"))?;
+    if let Some(fence) = &job.fence {
+        if let Some(refusal) = fencing::enter(&repo_tx, layout, srvid, fence)
+            .await
+            .map_err(repo("checking the fence"))?
+        {
+            return Err(SnapshotError::Fenced(refusal));
+        }
+    }
     let (datasources, warnings) = repository::datasources(&repo_tx, layout, srvid)
         .await
         .map_err(|e| match e {
@@ -84,7 +93,7 @@ pub async fn take_snapshot(
         report
             .warnings
             .push("no enabled snapshot datasource: nothing to do".to_string());
-        repo_tx.commit().await.map_err(repo("committing"))?;
+        commit_fenced(repo_tx, job).await?;
         report.elapsed = started.elapsed();
         return Ok(report);
     }
@@ -182,7 +191,7 @@ pub async fn take_snapshot(
             .await
             .map_err(repo("recording errors"))?;
     }
-    repo_tx.commit().await.map_err(repo("committing"))?;
+    commit_fenced(repo_tx, job).await?;
     // powa_take_snapshot renames the session; give the pooled session its
     // own name back (RESET restores the one set at connection).
     if let Err(e) = repo_client.batch_execute("RESET application_name").await {
@@ -201,6 +210,24 @@ pub async fn take_snapshot(
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Commit, once the fence (if any) proved the member still holds the
+/// server; otherwise roll back.
+async fn commit_fenced(repo_tx: Transaction<'_>, job: &Job<'_>) -> Result<(), SnapshotError> {
+    if let Some(fence) = &job.fence {
+        let holds = fencing::still_holds(&repo_tx, job.srvid, fence)
+            .await
+            .map_err(repo("checking the fence"))?;
+        if !holds {
+            repo_tx
+                .rollback()
+                .await
+                .map_err(repo("rolling back a fenced snapshot"))?;
+            return Err(SnapshotError::Fenced(Fenced::NotOwner));
+        }
+    }
+    repo_tx.commit().await.map_err(repo("committing"))
 }
 
 async fn cleanup_datasource(
@@ -280,6 +307,7 @@ mod tests {
             remote: &l,
             catalogs: &refresh,
             open_database: &no_database,
+            fence: None,
         };
         let plan = global_plan(
             &job,
@@ -312,6 +340,7 @@ mod tests {
             remote: &remote,
             catalogs: &refresh,
             open_database: &no_database,
+            fence: None,
         };
         let external = global_plan(
             &job,

@@ -1,0 +1,114 @@
+//! Fencing: the proof, inside a snapshot's own repository transaction,
+//! that this member may write it.
+//!
+//! Holding a server's lock (see [`crate::membership`]) is not enough: a
+//! member that froze, or lost its membership session mid-snapshot, may
+//! still believe it holds it. So the snapshot transaction itself checks,
+//! at its start and again just before it commits, that the membership
+//! session (by its backend pid) still holds the server's lock in
+//! `pg_locks`; and at its start it locks the server's
+//! `powa_snapshot_metas` row (skipping it when another transaction holds
+//! it: a snapshot of that server is in flight elsewhere) and refuses to
+//! run within `min_gap` of the last recorded snapshot. The row lock makes
+//! two members' checks of one server happen one after the other, so two
+//! snapshots of a server are never closer than `min_gap`.
+
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio_postgres::GenericClient;
+
+use crate::layout::Layout;
+use crate::membership::SERVER_SPACE;
+use crate::server::SrvId;
+
+/// What a snapshot must prove before it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    /// The backend pid of this member's membership session.
+    pub member_pid: i32,
+    /// No snapshot closer than this to the last recorded one.
+    pub min_gap: Duration,
+}
+
+/// Why a snapshot was not written (nothing of it is committed).
+#[derive(Debug, Clone, Error, PartialEq)]
+pub enum Fenced {
+    #[error("this member no longer holds the server (another member collects it)")]
+    NotOwner,
+    #[error("another snapshot of this server is in flight")]
+    InFlight,
+    #[error("the last snapshot is only {0:.1}s old")]
+    TooSoon(f64),
+}
+
+/// Does the session `member_pid` hold the lock of `srvid`, as seen by this
+/// transaction?
+const HOLDS: &str = "EXISTS (SELECT 1 FROM pg_catalog.pg_locks l \
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+       AND l.classid = $2::int8::oid AND l.objid = $3::int8::oid AND l.pid = $4 \
+       AND l.database = (SELECT oid FROM pg_catalog.pg_database \
+                         WHERE datname = pg_catalog.current_database()))";
+
+/// At the start of the snapshot transaction: lock the server's metas row,
+/// then check the gap and the ownership.
+pub async fn enter(
+    tx: &impl GenericClient,
+    layout: &Layout,
+    srvid: SrvId,
+    fence: &Fence,
+) -> Result<Option<Fenced>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT CASE WHEN m.snapts > now() - $5::float8 * interval '1 second' \
+                THEN EXTRACT(EPOCH FROM now() - m.snapts)::float8 END, {HOLDS} \
+         FROM {} m WHERE m.srvid = $1 FOR UPDATE OF m SKIP LOCKED",
+        layout.qualify("powa_snapshot_metas")
+    );
+    let row = tx
+        .query_opt(
+            &sql,
+            &[
+                &srvid,
+                &i64::from(SERVER_SPACE),
+                &i64::from(srvid),
+                &fence.member_pid,
+                &fence.min_gap.as_secs_f64(),
+            ],
+        )
+        .await?;
+    let Some(row) = row else {
+        // Locked by another transaction (a row that does not exist at all
+        // is powa_take_snapshot's error to report, and was checked at
+        // connection).
+        return Ok(Some(Fenced::InFlight));
+    };
+    let too_soon: Option<f64> = row.get(0);
+    let holds: bool = row.get(1);
+    Ok(if !holds {
+        Some(Fenced::NotOwner)
+    } else {
+        too_soon.map(Fenced::TooSoon)
+    })
+}
+
+/// Just before the commit: does the member still hold the server?
+pub async fn still_holds(
+    tx: &impl GenericClient,
+    srvid: SrvId,
+    fence: &Fence,
+) -> Result<bool, tokio_postgres::Error> {
+    // $1 keeps the parameter numbering of HOLDS.
+    let sql = format!("SELECT $1::int4 IS NOT NULL AND {HOLDS}");
+    let row = tx
+        .query_one(
+            &sql,
+            &[
+                &srvid,
+                &i64::from(SERVER_SPACE),
+                &i64::from(srvid),
+                &fence.member_pid,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
