@@ -74,7 +74,7 @@ fn closest_pair(repository: &powa_fleet_harness::Cluster) -> Option<(i32, f64)> 
     for pair in log.windows(2) {
         if pair[0].srvid == pair[1].srvid {
             let gap = pair[1].started - pair[0].started;
-            if best.is_none_or(|(_, g)| gap < g) {
+            if best.map_or(true, |(_, g)| gap < g) {
                 best = Some((pair[0].srvid, gap));
             }
         }
@@ -221,7 +221,12 @@ async fn three_members_share_the_fleet_through_kill_freeze_join_stop_and_restart
     );
     assert!(worst <= 20.0, "{takeover:?}");
     assert!(
-        eventually(Duration::from_secs(15), || settled(&repo, &["b", "c"], &srvids)).await,
+        eventually(Duration::from_secs(15), || settled(
+            &repo,
+            &["b", "c"],
+            &srvids
+        ))
+        .await,
         "b did not rejoin: {:?}\n{}",
         holdings(&repo).await,
         logs(&[&b, &c])
@@ -243,9 +248,17 @@ async fn three_members_share_the_fleet_through_kill_freeze_join_stop_and_restart
     );
     let mut c = c;
     c.signal(Signal::SIGTERM);
-    assert!(c.wait_exit(Duration::from_secs(10)).is_some(), "c did not stop");
     assert!(
-        eventually(Duration::from_secs(15), || settled(&repo, &["b", "d"], &srvids)).await,
+        c.wait_exit(Duration::from_secs(10)).is_some(),
+        "c did not stop"
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || settled(
+            &repo,
+            &["b", "d"],
+            &srvids
+        ))
+        .await,
         "c's servers were not taken over: {:?}\n{}",
         holdings(&repo).await,
         logs(&[&b, &d])
@@ -257,7 +270,12 @@ async fn three_members_share_the_fleet_through_kill_freeze_join_stop_and_restart
     fleet.repository.restart().unwrap();
     let repo = fleet.repository.client("powa").await.unwrap();
     assert!(
-        eventually(Duration::from_secs(30), || settled(&repo, &["b", "d"], &srvids)).await,
+        eventually(Duration::from_secs(30), || settled(
+            &repo,
+            &["b", "d"],
+            &srvids
+        ))
+        .await,
         "members did not re-form: {:?}\n{}",
         holdings(&repo).await,
         logs(&[&b, &d])

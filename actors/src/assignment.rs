@@ -49,13 +49,11 @@ fn score(member_key: u64, srvid: SrvId) -> u64 {
 /// The member that should collect `srvid`, or `None` without members.
 /// Ties (practically impossible) go to the lowest pid.
 pub fn owner(members: &[Member], srvid: SrvId) -> Option<&Member> {
-    members
-        .iter()
-        .max_by(|a, b| {
-            score(a.key(), srvid)
-                .cmp(&score(b.key(), srvid))
-                .then_with(|| b.pid.cmp(&a.pid))
-        })
+    members.iter().max_by(|a, b| {
+        score(a.key(), srvid)
+            .cmp(&score(b.key(), srvid))
+            .then_with(|| b.pid.cmp(&a.pid))
+    })
 }
 
 /// The srvids of `srvids` that `me` should collect.

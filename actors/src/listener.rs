@@ -406,6 +406,10 @@ impl Listener {
     }
 }
 
+/// One member's answer to a gathering so far: (parts received, parts in
+/// all, entries).
+type Received = (usize, usize, Vec<(SrvId, String)>);
+
 /// What the leader needs to gather the other members' workers.
 struct Gatherer {
     fleet: FleetView,
@@ -454,7 +458,7 @@ impl Gatherer {
             reply_to: session.reply_channel.to_string(),
             id,
         };
-        let mut got: BTreeMap<i32, (usize, usize, Vec<(SrvId, String)>)> = BTreeMap::new();
+        let mut got: BTreeMap<i32, Received> = BTreeMap::new();
         let sent = session
             .client
             .execute(
@@ -464,7 +468,7 @@ impl Gatherer {
             .await;
         if sent.is_ok() {
             let deadline = tokio::time::Instant::now() + GATHER_BUDGET;
-            let complete = |got: &BTreeMap<i32, (usize, usize, Vec<(SrvId, String)>)>| {
+            let complete = |got: &BTreeMap<i32, Received>| {
                 others
                     .iter()
                     .all(|pid| got.get(pid).is_some_and(|(n, total, _)| n == total))
@@ -473,7 +477,9 @@ impl Gatherer {
                 let Ok(Some(part)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
                     break;
                 };
-                let entry = got.entry(part.member_pid).or_insert((0, part.total, vec![]));
+                let entry = got
+                    .entry(part.member_pid)
+                    .or_insert((0, part.total, vec![]));
                 entry.0 += 1;
                 entry.2.extend(part.entries);
             }
@@ -498,8 +504,7 @@ impl Gatherer {
         all.extend(local_entries(status, kind).await?);
         if kind == Kind::Workers {
             for srvid in self.fleet.get().known {
-                all.entry(srvid)
-                    .or_insert_with(|| UNCOLLECTED.to_string());
+                all.entry(srvid).or_insert_with(|| UNCOLLECTED.to_string());
             }
         }
         Ok(all.into_iter().collect())

@@ -137,11 +137,11 @@ impl MemberActor {
             match result {
                 Ok((client, facts)) => {
                     info!(act.logger, "joined the fleet"; "session_pid" => facts.pid,
-                        "frozen_member_detection" => if facts.idle_session_timeout {
-                            "idle_session_timeout"
-                        } else {
-                            "TCP keepalives only (PostgreSQL < 14)"
-                        });
+                    "frozen_member_detection" => if facts.idle_session_timeout {
+                        "idle_session_timeout"
+                    } else {
+                        "TCP keepalives only (PostgreSQL < 14)"
+                    });
                     act.failures = 0;
                     act.retry_at = None;
                     act.view.update(|v| v.pid = Some(facts.pid));

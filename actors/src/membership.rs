@@ -138,11 +138,16 @@ async fn holders(
     space: i32,
 ) -> Result<Vec<(i32, i64, String)>, tokio_postgres::Error> {
     let rows = client.query(HOLDERS, &[&i64::from(space)]).await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 /// The live members, by pid. This query is also the heartbeat.
-pub async fn live_members(client: &impl GenericClient) -> Result<Vec<Member>, tokio_postgres::Error> {
+pub async fn live_members(
+    client: &impl GenericClient,
+) -> Result<Vec<Member>, tokio_postgres::Error> {
     let mut members: Vec<Member> = holders(client, MEMBER_SPACE)
         .await?
         .into_iter()

@@ -44,7 +44,12 @@ pub struct Gather {
 
 impl Gather {
     pub fn encode(&self) -> String {
-        format!("GATHER {} {} {}", self.kind.as_str(), self.reply_to, self.id)
+        format!(
+            "GATHER {} {} {}",
+            self.kind.as_str(),
+            self.reply_to,
+            self.id
+        )
     }
 
     pub fn parse(payload: &str) -> Option<Gather> {
