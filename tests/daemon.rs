@@ -847,9 +847,22 @@ async fn many_servers_down_at_once_do_not_flood_the_repository() {
         .as_str()
         .unwrap()
         .contains("could not connect"));
+    assert!(
+        workers.iter().all(|w| w["member"].is_string()),
+        "{workers:?}"
+    );
     let out = cli(&["status"]);
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 302);
+    let text = String::from_utf8_lossy(&out.stdout);
+    // A line per server under the header, then the members: this one
+    // collects all 301 and leads.
+    assert_eq!(text.lines().take_while(|l| !l.is_empty()).count(), 302);
+    let members: Vec<&str> = text.lines().skip_while(|l| !l.is_empty()).skip(2).collect();
+    assert_eq!(members.len(), 1, "{text}");
+    assert!(
+        members[0].contains(" 301 ") && members[0].ends_with("leader"),
+        "{text}"
+    );
 
     latencies.sort();
     eprintln!(

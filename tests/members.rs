@@ -17,10 +17,12 @@ use tokio_postgres::Client;
 const BIN: &str = env!("CARGO_BIN_EXE_powa-fleet");
 const SERVERS: usize = 21;
 const FREQUENCY: f64 = 5.0;
+/// `snapshots.max_concurrent` of every member: a fleet-wide limit.
+const LIMIT: usize = 2;
 
 fn member(fleet: &SimFleet, name: &str) -> Daemon {
     let config = format!(
-        "[snapshots]\nmax_concurrent = 4\n[timeouts]\nremote = 3\n\
+        "[snapshots]\nmax_concurrent = {LIMIT}\n[timeouts]\nremote = 3\n\
          [restart]\nbackoff_min = 0.2\nbackoff_max = 2\n[shutdown]\ngrace = 3\n\
          [member]\nname = \"{name}\"\n"
     );
@@ -82,6 +84,24 @@ fn closest_pair(repository: &powa_fleet_harness::Cluster) -> Option<(i32, f64)> 
     best
 }
 
+/// The most snapshot transactions the repository logged in flight at one
+/// instant. A transaction starts a moment before it takes its fleet-wide
+/// slot, so starts within 5 ms of another's commit do not count as overlap.
+fn most_in_flight(repository: &powa_fleet_harness::Cluster) -> usize {
+    let mut events: Vec<(f64, i32)> = Vec::new();
+    for s in logged_snapshots(repository).unwrap() {
+        events.push((s.started + 0.005, 1));
+        events.push((s.ended, -1));
+    }
+    events.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, d) in events {
+        now += d;
+        most = most.max(now);
+    }
+    most as usize
+}
+
 /// For every server, the first snapshot committed after `since` (seconds
 /// since the epoch, repository clock), as a delay from `since`.
 fn first_after(repository: &powa_fleet_harness::Cluster, since: f64) -> BTreeMap<i32, f64> {
@@ -129,7 +149,7 @@ fn logs(daemons: &[&Daemon]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn three_members_share_the_fleet_through_kill_freeze_join_stop_and_restart() {
     require_binaries().expect("PostgreSQL and PoWA installed");
-    let fleet = SimFleet::build(SERVERS, 200, 20, 0).expect("fleet starts");
+    let fleet = SimFleet::build(SERVERS, 200, 500, 200).expect("fleet starts");
     let mut srvids = fleet.register(0..SERVERS, FREQUENCY as i32).unwrap();
     srvids.sort_unstable();
     let repo = fleet.repository.client("powa").await.unwrap();
@@ -293,6 +313,11 @@ async fn three_members_share_the_fleet_through_kill_freeze_join_stop_and_restart
     let mut requester = Requester::connect(&fleet.repository_dsn()).await.unwrap();
     let got = answers(&mut requester, "WORKERS_STATUS").await;
     assert_eq!(got.len(), 1, "{got:?}");
+
+    // The limit held across members, catch-up after failures included.
+    let most = most_in_flight(&fleet.repository);
+    println!("most snapshots in flight across members: {most} (limit {LIMIT})");
+    assert!(most <= LIMIT, "{most} snapshots in flight at once");
 
     // Never twice: no two snapshots of a server within half a period.
     let (srvid, gap) = closest_pair(&fleet.repository).expect("snapshots logged");

@@ -12,6 +12,12 @@
 //! run within `min_gap` of the last recorded snapshot. The row lock makes
 //! two members' checks of one server happen one after the other, so two
 //! snapshots of a server are never closer than `min_gap`.
+//!
+//! The fleet-wide limit on snapshots in flight is enforced here too: a
+//! snapshot's transaction first takes one of `slots` transaction-level
+//! advisory locks (released by its commit or rollback, whatever happens
+//! to the member), polling when all are taken; forced snapshots poll more
+//! often, so they get the next free slot first.
 
 use std::time::Duration;
 
@@ -19,7 +25,7 @@ use thiserror::Error;
 use tokio_postgres::GenericClient;
 
 use crate::layout::Layout;
-use crate::membership::SERVER_SPACE;
+use crate::membership::{SERVER_SPACE, SLOT_SPACE};
 use crate::server::SrvId;
 
 /// What a snapshot must prove before it writes.
@@ -29,6 +35,39 @@ pub struct Fence {
     pub member_pid: i32,
     /// No snapshot closer than this to the last recorded one.
     pub min_gap: Duration,
+    /// Snapshots in flight at once across all members.
+    pub slots: usize,
+    /// A forced snapshot: asks for a slot more often.
+    pub forced: bool,
+}
+
+impl Fence {
+    /// How long to wait before asking again for a slot.
+    pub fn slot_poll(&self) -> Duration {
+        if self.forced {
+            Duration::from_millis(20)
+        } else {
+            // Spread the members' attempts.
+            Duration::from_millis(80 + rand::random::<u64>() % 40)
+        }
+    }
+}
+
+/// Take a free fleet-wide slot for this transaction; false when all are
+/// taken.
+pub async fn try_slot(
+    tx: &impl GenericClient,
+    slots: usize,
+) -> Result<bool, tokio_postgres::Error> {
+    let slots = i32::try_from(slots.max(1)).unwrap_or(i32::MAX);
+    // The LIMIT stops at the first lock taken: at most one per snapshot.
+    let row = tx
+        .query_opt(
+            "SELECT k FROM pg_catalog.generate_series(0, $2 - 1) k              WHERE pg_catalog.pg_try_advisory_xact_lock($1, k) LIMIT 1",
+            &[&SLOT_SPACE, &slots],
+        )
+        .await?;
+    Ok(row.is_some())
 }
 
 /// Why a snapshot was not written (nothing of it is committed).

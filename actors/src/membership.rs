@@ -184,6 +184,42 @@ pub async fn leader(client: &impl GenericClient) -> Result<Option<i32>, tokio_po
         .map(|(pid, _, _)| *pid))
 }
 
+/// The fleet as the repository shows it, for `powa-fleet status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Roster {
+    pub members: Vec<Member>,
+    /// (srvid, pid of the holder's membership session).
+    pub holders: Vec<(SrvId, i32)>,
+    pub leader: Option<i32>,
+}
+
+impl Roster {
+    /// The name of the member collecting `srvid`, if any.
+    pub fn member_of(&self, srvid: SrvId) -> Option<&str> {
+        let (_, pid) = self.holders.iter().find(|(s, _)| *s == srvid)?;
+        self.members
+            .iter()
+            .find(|m| m.pid == *pid)
+            .map(|m| m.name.as_str())
+    }
+
+    /// How many servers `member` collects.
+    pub fn count_of(&self, member: &Member) -> usize {
+        self.holders
+            .iter()
+            .filter(|(_, p)| *p == member.pid)
+            .count()
+    }
+}
+
+pub async fn roster(client: &impl GenericClient) -> Result<Roster, tokio_postgres::Error> {
+    Ok(Roster {
+        members: live_members(client).await?,
+        holders: server_holders(client).await?,
+        leader: leader(client).await?,
+    })
+}
+
 /// Claim a server for this session; false when another member holds it.
 pub async fn try_claim(client: &Client, srvid: SrvId) -> Result<bool, tokio_postgres::Error> {
     try_lock(client, SERVER_SPACE, srvid).await

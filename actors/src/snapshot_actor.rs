@@ -563,6 +563,7 @@ impl Handler<Due> for SnapshotActor {
             frequency / 2
         };
         let fleet = self.shared.fleet.clone();
+        let slots = self.settings.max_concurrent_snapshots;
         let work = guarded(async move {
             // A remote server that does not answer must not take one of the
             // fleet's snapshot slots: ask it first, outside the limit.
@@ -610,6 +611,8 @@ impl Handler<Due> for SnapshotActor {
                     fence: Some(Fence {
                         member_pid,
                         min_gap,
+                        slots,
+                        forced,
                     }),
                     srvid,
                     remote_silence,
