@@ -16,6 +16,8 @@ use tokio_postgres::Client;
 
 const BIN: &str = env!("CARGO_BIN_EXE_powa-fleet");
 const SERVERS: usize = 21;
+/// Registered later, collected once every member reloaded.
+const ADDED: usize = 3;
 const FREQUENCY: f64 = 5.0;
 /// `snapshots.max_concurrent` of every member: a fleet-wide limit.
 const LIMIT: usize = 2;
@@ -149,7 +151,7 @@ fn logs(daemons: &[&Daemon]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn three_members_share_the_fleet_through_kill_freeze_join_stop_and_restart() {
     require_binaries().expect("PostgreSQL and PoWA installed");
-    let fleet = SimFleet::build(SERVERS, 200, 500, 200).expect("fleet starts");
+    let fleet = SimFleet::build(SERVERS + ADDED, 200, 500, 200).expect("fleet starts");
     let mut srvids = fleet.register(0..SERVERS, FREQUENCY as i32).unwrap();
     srvids.sort_unstable();
     let repo = fleet.repository.client("powa").await.unwrap();
@@ -186,12 +188,31 @@ async fn three_members_share_the_fleet_through_kill_freeze_join_stop_and_restart
         );
     }
 
-    // One answer to each command, whichever member answers.
+    // One answer to each command, whichever member answers. RELOAD
+    // reaches every member: new servers are claimed by their owners, which
+    // know them only once they reloaded.
     let mut requester = Requester::connect(&fleet.repository_dsn()).await.unwrap();
-    for command in ["WORKERS_STATUS", "RELOAD"] {
-        let got = answers(&mut requester, command).await;
-        assert_eq!(got.len(), 1, "{command}: {got:?}");
-    }
+    srvids.extend(
+        fleet
+            .register(SERVERS..SERVERS + ADDED, FREQUENCY as i32)
+            .unwrap(),
+    );
+    srvids.sort_unstable();
+    let got = answers(&mut requester, "RELOAD").await;
+    assert_eq!(got, vec!["RELOAD OK OK".to_string()]);
+    assert!(
+        eventually(Duration::from_secs(10), || settled(
+            &repo,
+            &["a", "b", "c"],
+            &srvids
+        ))
+        .await,
+        "new servers not claimed after RELOAD: {:?}\n{}",
+        holdings(&repo).await,
+        logs(&[&a, &b, &c])
+    );
+    // Collected and reporting before the fleet-wide status below.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     // The leader's answer covers every member's workers.
     let got = answers(&mut requester, "WORKERS_STATUS").await;
     assert_eq!(got.len(), 1, "{got:?}");
@@ -227,7 +248,7 @@ async fn three_members_share_the_fleet_through_kill_freeze_join_stop_and_restart
     b.signal(Signal::SIGCONT);
     assert!(
         eventually(Duration::from_secs(20), || async {
-            first_after(&fleet.repository, t_fail).len() == SERVERS
+            first_after(&fleet.repository, t_fail).len() == srvids.len()
         })
         .await,
         "not every server was snapshotted again: {:?}",
@@ -303,7 +324,7 @@ async fn three_members_share_the_fleet_through_kill_freeze_join_stop_and_restart
     let t_restart = repository_clock(&fleet.repository).unwrap();
     assert!(
         eventually(Duration::from_secs(20), || async {
-            first_after(&fleet.repository, t_restart).len() == SERVERS
+            first_after(&fleet.repository, t_restart).len() == srvids.len()
         })
         .await,
         "not every server was snapshotted after the restart: {:?}\n{}",

@@ -46,6 +46,8 @@ const LEADER_WAIT: Duration = Duration::from_secs(3);
 /// How long the leader waits for the other members' workers before
 /// answering a fleet-wide request with what it has.
 const GATHER_BUDGET: Duration = Duration::from_millis(1500);
+/// How long the leader waits for the other members to acknowledge a reload.
+const RELOAD_BUDGET: Duration = Duration::from_secs(5);
 
 /// The state shown for a registered server no member collects.
 const UNCOLLECTED: &str = "waiting for a collector";
@@ -323,12 +325,8 @@ impl Listener {
                 // Every member receives every request; one answers it.
                 let answering = answers_here(&session, &fleet, request.command.srvid()).await;
                 if !answering {
-                    // A reload reaches every member, answered by the leader.
-                    if matches!(request.command, Command::Reload)
-                        && check(&session, sender_pid, &request, &logger).await.is_ok()
-                    {
-                        let _ = supervisor.send(Reload).await;
-                    }
+                    // RELOAD included: the leader asks every member to
+                    // reload and answers once they acknowledged.
                     in_flight.set(in_flight.get() - 1);
                     return;
                 }
@@ -367,12 +365,24 @@ impl Listener {
             return;
         };
         let status = self.status.clone();
+        let supervisor = self.supervisor.clone();
         let client = session.client.clone();
         let logger = self.logger.clone();
         ctx.spawn(
             async move {
-                let Ok(entries) = local_entries(&status, request.kind).await else {
-                    return;
+                let entries = if request.kind == Kind::Reload {
+                    info!(logger, "reloading, as the leader asks");
+                    let outcome = match supervisor.send(Reload).await {
+                        Ok(Ok(_)) => gather::RELOADED.to_string(),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "the collector is stopping".to_string(),
+                    };
+                    vec![(0, outcome)]
+                } else {
+                    match local_entries(&status, request.kind).await {
+                        Ok(entries) => entries,
+                        Err(_) => return,
+                    }
                 };
                 for part in gather::encode_parts(request.id, member_pid, &entries) {
                     if let Err(e) = client
@@ -423,6 +433,7 @@ async fn local_entries(
     kind: Kind,
 ) -> Result<Vec<(SrvId, String)>, MailboxError> {
     Ok(match kind {
+        Kind::Reload => Vec::new(),
         Kind::Workers => status.send(WorkersStatus { wanted: None }).await?,
         Kind::Fleet => {
             let now = SystemTime::now();
@@ -437,17 +448,22 @@ async fn local_entries(
 }
 
 impl Gatherer {
-    /// The other members' entries, as many as arrive within the budget.
-    async fn others(&self, session: &Session, kind: Kind) -> Vec<(SrvId, String)> {
+    /// The other members' entries, by member pid, from those whose every
+    /// part arrived within `budget`; and the members that did not answer.
+    async fn others(
+        &self,
+        session: &Session,
+        kind: Kind,
+        budget: Duration,
+    ) -> (BTreeMap<i32, Vec<(SrvId, String)>>, Vec<String>) {
         let view = self.fleet.get();
-        let others: Vec<i32> = view
+        let others: Vec<&crate::assignment::Member> = view
             .members
             .iter()
-            .map(|m| m.pid)
-            .filter(|pid| Some(*pid) != view.pid)
+            .filter(|m| Some(m.pid) != view.pid)
             .collect();
         if others.is_empty() {
-            return Vec::new();
+            return (BTreeMap::new(), Vec::new());
         }
         let id = self.next.get();
         self.next.set(id + 1);
@@ -466,14 +482,12 @@ impl Gatherer {
                 &[&GATHER_CHANNEL, &request.encode()],
             )
             .await;
+        let done = |got: &BTreeMap<i32, Received>, pid: i32| {
+            got.get(&pid).is_some_and(|(n, total, _)| n == total)
+        };
         if sent.is_ok() {
-            let deadline = tokio::time::Instant::now() + GATHER_BUDGET;
-            let complete = |got: &BTreeMap<i32, Received>| {
-                others
-                    .iter()
-                    .all(|pid| got.get(pid).is_some_and(|(n, total, _)| n == total))
-            };
-            while !complete(&got) {
+            let deadline = tokio::time::Instant::now() + budget;
+            while !others.iter().all(|m| done(&got, m.pid)) {
                 let Ok(Some(part)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
                     break;
                 };
@@ -485,7 +499,46 @@ impl Gatherer {
             }
         }
         self.pending.borrow_mut().remove(&id);
-        got.into_values().flat_map(|(_, _, e)| e).collect()
+        let missing = others
+            .iter()
+            .filter(|m| !done(&got, m.pid))
+            .map(|m| m.name.clone())
+            .collect();
+        let complete = got
+            .into_iter()
+            .filter(|(_, (n, total, _))| n == total)
+            .map(|(pid, (_, _, entries))| (pid, entries))
+            .collect();
+        (complete, missing)
+    }
+
+    /// After this member's reload: every other member reloads, and the
+    /// answer names those that failed or did not acknowledge in time.
+    async fn reload_others(&self, session: &Session) -> Result<(), String> {
+        let (acks, missing) = self.others(session, Kind::Reload, RELOAD_BUDGET).await;
+        let names = self.fleet.get().members;
+        let name_of = |pid: i32| {
+            names
+                .iter()
+                .find(|m| m.pid == pid)
+                .map_or_else(|| pid.to_string(), |m| m.name.clone())
+        };
+        let mut problems: Vec<String> = acks
+            .iter()
+            .filter_map(|(pid, entries)| match entries.first() {
+                Some((_, outcome)) if outcome == gather::RELOADED => None,
+                Some((_, outcome)) => Some(format!("member {}: {outcome}", name_of(*pid))),
+                None => Some(format!("member {}: no outcome", name_of(*pid))),
+            })
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!("not acknowledged by {}", missing.join(", ")));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
     }
 
     /// This member's entries, the others', and the registered servers no
@@ -497,7 +550,8 @@ impl Gatherer {
         kind: Kind,
     ) -> Result<Vec<(SrvId, String)>, MailboxError> {
         let mut all: BTreeMap<SrvId, String> = BTreeMap::new();
-        for (srvid, entry) in self.others(session, kind).await {
+        let (others, _) = self.others(session, kind, GATHER_BUDGET).await;
+        for (srvid, entry) in others.into_values().flatten() {
             all.entry(srvid).or_insert(entry);
         }
         // Ours last: on a server being handed over, the owner's word wins.
@@ -609,6 +663,17 @@ async fn execute(
                 "The collector is stopping",
             )],
         };
+    }
+    if let Command::Reload = &request.command {
+        let word = request.command.kind();
+        return vec![match supervisor.send(Reload).await {
+            Ok(Ok(_)) => match gatherer.reload_others(session).await {
+                Ok(()) => Answer::reload_done(),
+                Err(problems) => Answer::error(word, problems),
+            },
+            Ok(Err(e)) => Answer::error(word, e.to_string()),
+            Err(_) => Answer::error(word, "The collector is stopping"),
+        }];
     }
     vec![execute_one(request, supervisor, status).await]
 }

@@ -18,19 +18,25 @@ pub fn reply_channel(listener_pid: i32) -> String {
     format!("powa_fleet_reply_{listener_pid}")
 }
 
-/// What the leader asks for: the WORKERS_STATUS state strings, or the
-/// FLEET_STATUS items.
+/// What the leader asks for: the WORKERS_STATUS state strings, the
+/// FLEET_STATUS items, or a reload and its outcome (one entry, srvid 0,
+/// [`RELOADED`] or the error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     Workers,
     Fleet,
+    Reload,
 }
+
+/// A member's entry once its reload succeeded.
+pub const RELOADED: &str = "OK";
 
 impl Kind {
     fn as_str(self) -> &'static str {
         match self {
             Kind::Workers => "workers",
             Kind::Fleet => "fleet",
+            Kind::Reload => "reload",
         }
     }
 }
@@ -60,6 +66,7 @@ impl Gather {
         let kind = match words.next()? {
             "workers" => Kind::Workers,
             "fleet" => Kind::Fleet,
+            "reload" => Kind::Reload,
             _ => return None,
         };
         let reply_to = words.next()?;
