@@ -157,6 +157,7 @@ async fn three_members_share_the_fleet_through_kill_freeze_join_stop_and_restart
     let repo = fleet.repository.client("powa").await.unwrap();
 
     // Three members: each holds some servers, together all, each once.
+    let started = Instant::now();
     let mut a = member(&fleet, "a");
     let b = member(&fleet, "b");
     let c = member(&fleet, "c");
@@ -170,6 +171,10 @@ async fn three_members_share_the_fleet_through_kill_freeze_join_stop_and_restart
         "members did not settle: {:?}\n{}",
         holdings(&repo).await,
         logs(&[&a, &b, &c])
+    );
+    println!(
+        "three members formed in {:.1}s",
+        started.elapsed().as_secs_f64()
     );
 
     // Steady state: every server snapshotted each period.
@@ -309,6 +314,7 @@ async fn three_members_share_the_fleet_through_kill_freeze_join_stop_and_restart
     drop(repo);
     drop(requester);
     fleet.repository.restart().unwrap();
+    let restarted = Instant::now();
     let repo = fleet.repository.client("powa").await.unwrap();
     assert!(
         eventually(Duration::from_secs(30), || settled(
@@ -320,6 +326,10 @@ async fn three_members_share_the_fleet_through_kill_freeze_join_stop_and_restart
         "members did not re-form: {:?}\n{}",
         holdings(&repo).await,
         logs(&[&b, &d])
+    );
+    println!(
+        "members re-formed {:.1}s after the repository restart",
+        restarted.elapsed().as_secs_f64()
     );
     let t_restart = repository_clock(&fleet.repository).unwrap();
     assert!(

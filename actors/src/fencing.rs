@@ -39,6 +39,11 @@ pub struct Fence {
     pub slots: usize,
     /// A forced snapshot: asks for a slot more often.
     pub forced: bool,
+    /// The repository ends the transaction when it stays idle this long: a
+    /// member frozen mid-snapshot must not keep the server's metas row
+    /// (and a slot) locked until it thaws. Longer than any wait for the
+    /// remote server between two statements.
+    pub stall_limit: Duration,
 }
 
 impl Fence {
@@ -103,6 +108,11 @@ pub async fn enter(
          FROM {} m WHERE m.srvid = $1 FOR UPDATE OF m SKIP LOCKED",
         layout.qualify("powa_snapshot_metas")
     );
+    tx.batch_execute(&format!(
+        "SET LOCAL idle_in_transaction_session_timeout = {}",
+        fence.stall_limit.as_millis().max(1)
+    ))
+    .await?;
     let row = tx
         .query_opt(
             &sql,

@@ -185,6 +185,7 @@ impl MemberActor {
                 members,
                 leader,
                 claimed,
+                wanted,
                 to_release,
             })
         };
@@ -214,7 +215,9 @@ impl MemberActor {
         let Some(supervisor) = self.supervisor.clone() else {
             return;
         };
-        for srvid in beat.claimed {
+        // Every server held and wanted runs (claimed now or earlier).
+        let owned = self.view.get().owned;
+        for &srvid in owned.intersection(&beat.wanted) {
             if self.running.insert(srvid) {
                 supervisor.do_send(Own(srvid));
             }
@@ -256,6 +259,8 @@ struct Beat {
     members: Vec<Member>,
     leader: bool,
     claimed: Vec<SrvId>,
+    /// What the assignment gives this member.
+    wanted: BTreeSet<SrvId>,
     to_release: Vec<SrvId>,
 }
 

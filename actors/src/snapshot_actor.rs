@@ -613,6 +613,7 @@ impl Handler<Due> for SnapshotActor {
                         min_gap,
                         slots,
                         forced,
+                        stall_limit: remote_silence + Duration::from_secs(10),
                     }),
                     srvid,
                     remote_silence,

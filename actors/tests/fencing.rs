@@ -81,6 +81,7 @@ async fn a_snapshot_commits_only_while_its_member_holds_the_server() {
         min_gap: Duration::ZERO,
         slots: 1,
         forced: false,
+        stall_limit: Duration::from_secs(30),
     };
     let mut quiet = |_: Step| {};
 
