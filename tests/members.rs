@@ -87,21 +87,38 @@ fn closest_pair(repository: &powa_fleet_harness::Cluster) -> Option<(i32, f64)> 
 }
 
 /// The most snapshot transactions the repository logged in flight at one
-/// instant. A transaction starts a moment before it takes its fleet-wide
-/// slot, so starts within 5 ms of another's commit do not count as overlap.
-fn most_in_flight(repository: &powa_fleet_harness::Cluster) -> usize {
-    let mut events: Vec<(f64, i32)> = Vec::new();
-    for s in logged_snapshots(repository).unwrap() {
-        events.push((s.started + 0.005, 1));
-        events.push((s.ended, -1));
+/// instant, and the snapshots of that instant. A transaction starts one
+/// round trip before it takes its fleet-wide slot (BEGIN, then the
+/// attempt), so a start within `slack` seconds of another's commit does not
+/// count as overlap.
+fn most_in_flight(repository: &powa_fleet_harness::Cluster, slack: f64) -> (usize, String) {
+    let log = logged_snapshots(repository).unwrap();
+    let mut events: Vec<(f64, i32, usize)> = Vec::new();
+    for (i, s) in log.iter().enumerate() {
+        events.push((s.started + slack, 1, i));
+        events.push((s.ended, -1, i));
     }
     events.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let (mut now, mut most) = (0i32, 0i32);
-    for (_, d) in events {
-        now += d;
-        most = most.max(now);
+    let (mut open, mut most, mut worst) = (Vec::new(), 0, String::new());
+    for (_, d, i) in events {
+        if d > 0 {
+            open.push(i);
+        } else {
+            open.retain(|&j| j != i);
+        }
+        if open.len() > most {
+            most = open.len();
+            worst = open
+                .iter()
+                .map(|&j| {
+                    let s = log[j];
+                    format!("server {} {:.3}..{:.3}", s.srvid, s.started, s.ended)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+        }
     }
-    most as usize
+    (most, worst)
 }
 
 /// For every server, the first snapshot committed after `since` (seconds
@@ -346,9 +363,13 @@ async fn three_members_share_the_fleet_through_kill_freeze_join_stop_and_restart
     assert_eq!(got.len(), 1, "{got:?}");
 
     // The limit held across members, catch-up after failures included.
-    let most = most_in_flight(&fleet.repository);
+    let (exact, at) = most_in_flight(&fleet.repository, 0.0);
+    println!("most snapshot transactions open at once, from BEGIN: {exact} ({at})");
+    // 50 ms: a round trip on a loaded machine, well under a snapshot here
+    // (about 100 ms), so two snapshots really run together would count.
+    let (most, at) = most_in_flight(&fleet.repository, 0.05);
     println!("most snapshots in flight across members: {most} (limit {LIMIT})");
-    assert!(most <= LIMIT, "{most} snapshots in flight at once");
+    assert!(most <= LIMIT, "{most} snapshots in flight at once: {at}");
 
     // Never twice: no two snapshots of a server within half a period.
     let (srvid, gap) = closest_pair(&fleet.repository).expect("snapshots logged");
