@@ -16,8 +16,9 @@
 //! The fleet-wide limit on snapshots in flight is enforced here too: a
 //! snapshot's transaction first takes one of `slots` transaction-level
 //! advisory locks (released by its commit or rollback, whatever happens
-//! to the member), polling when all are taken; forced snapshots poll more
-//! often, so they get the next free slot first.
+//! to the member), polling when all are taken; forced snapshots, then the
+//! snapshots that waited longest, poll more often, so they tend to get the
+//! next free slot first.
 
 use std::time::Duration;
 
@@ -47,14 +48,17 @@ pub struct Fence {
 }
 
 impl Fence {
-    /// How long to wait before asking again for a slot.
-    pub fn slot_poll(&self) -> Duration {
+    /// How long to wait before asking again for a slot, after `attempts`
+    /// refused ones: the longer a snapshot has waited, the more often it
+    /// asks, so across members the oldest waiters tend to get the next
+    /// free slot (within a member the gate already serves them first).
+    pub fn slot_poll(&self, attempts: u32) -> Duration {
         if self.forced {
-            Duration::from_millis(20)
-        } else {
-            // Spread the members' attempts.
-            Duration::from_millis(80 + rand::random::<u64>() % 40)
+            return Duration::from_millis(10);
         }
+        let base = 100u64.saturating_sub(5 * u64::from(attempts)).max(10);
+        // Spread the members' attempts.
+        Duration::from_millis(base + rand::random::<u64>() % (base / 4 + 1))
     }
 }
 

@@ -68,6 +68,7 @@ pub async fn take_snapshot(
     let remote_silence = job.remote_silence;
     let layout = job.repository;
     let mut report = SnapshotReport::default();
+    let mut attempts = 0;
     let mut repo_tx = loop {
         let tx = repo_client
             .transaction()
@@ -84,7 +85,8 @@ pub async fn take_snapshot(
         tx.rollback()
             .await
             .map_err(repo("waiting for a fleet-wide slot"))?;
-        tokio::time::sleep(fence.slot_poll()).await;
+        tokio::time::sleep(fence.slot_poll(attempts)).await;
+        attempts += 1;
     };
     if let Some(fence) = &job.fence {
         if let Some(refusal) = fencing::enter(&repo_tx, layout, srvid, fence)
