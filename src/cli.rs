@@ -21,7 +21,8 @@ pub struct GlobalArgs {
     /// Configuration file (TOML, or JSON when it ends in .json)
     #[arg(long, short = 'c', global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Repository connection string (libpq key=value or URI)
+    /// Repository connection string (libpq key=value or URI), without a
+    /// password: any local user can read a command line
     #[arg(long, global = true, value_name = "DSN")]
     pub repository_dsn: Option<String>,
     /// Log at debug level
@@ -42,6 +43,21 @@ pub struct GlobalArgs {
 }
 
 impl GlobalArgs {
+    /// A password in `--repository-dsn` would be readable by every local
+    /// user (`ps`, `/proc/PID/cmdline`) for as long as the daemon runs:
+    /// refuse it and say where a password goes instead.
+    pub fn check_no_password(&self) -> Result<(), String> {
+        match &self.repository_dsn {
+            Some(dsn) if powa_fleet_actors::redact::redact_dsn(dsn) != *dsn => Err(
+                "--repository-dsn must not contain a password: every local user can read \
+                 a command line. Put it in the password file (~/.pgpass or PGPASSFILE), \
+                 in PGPASSWORD, or in the configuration file's [repository] dsn"
+                    .to_string(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
     pub fn flags(&self) -> Flags {
         Flags {
             repository_dsn: self.repository_dsn.clone(),
@@ -89,4 +105,30 @@ pub enum Command {
         #[arg(long, default_value_t = 3.0)]
         timeout: f64,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_on_the_command_line_is_refused() {
+        for dsn in [
+            "host=db password=hunter2",
+            "host=db password='hun ter2'",
+            "postgresql://u:hunter2@db/powa",
+            "postgresql://u@db/powa?password=hunter2",
+        ] {
+            let cli = Cli::parse_from(["powa-fleet", "--repository-dsn", dsn, "status"]);
+            let err = cli.global.check_no_password().unwrap_err();
+            assert!(
+                err.contains("PGPASSWORD") && !err.contains("hunter2"),
+                "{err}"
+            );
+        }
+        for dsn in ["host=db user=powa dbname=powa", "postgresql://u@db/powa"] {
+            let cli = Cli::parse_from(["powa-fleet", "--repository-dsn", dsn]);
+            assert_eq!(cli.global.check_no_password(), Ok(()), "{dsn}");
+        }
+    }
 }

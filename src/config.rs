@@ -14,7 +14,7 @@ use figment::providers::{Env, Format, Json, Serialized, Toml};
 use figment::value::{Dict, Map};
 use figment::{Figment, Metadata, Profile, Provider};
 use powa_fleet_actors::connect::repository_config;
-use powa_fleet_actors::redact::{redact_dsn, Secret};
+use powa_fleet_actors::redact::{redact_dsn, scrub, Secret};
 use powa_fleet_actors::settings::Settings;
 use powa_fleet_actors::tls::{SslMode, TlsOptions};
 use serde::{Deserialize, Serialize};
@@ -465,7 +465,8 @@ fn without_source_lines(message: &str) -> String {
             !(numbered || t.starts_with('|'))
         })
         .collect();
-    redact_dsn(&kept.join(" "))
+    // A message, not a DSN: masked where it quotes a connection string.
+    scrub(&kept.join(" "), &[])
 }
 
 /// figment's error, one line per problem, with the source of the value.
@@ -650,6 +651,11 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut dyn FnMut(&str, &s
         other => out(prefix, other),
     }
 }
+
+#[cfg(test)]
+#[path = "config_properties.rs"]
+#[allow(clippy::result_large_err)]
+mod properties;
 
 #[cfg(test)]
 // figment's Jail closures return figment's own (large) error type.

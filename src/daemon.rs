@@ -1,7 +1,7 @@
 //! `powa-fleet run`: the daemon. Checks the repository, starts the actor
 //! system (status, supervisor, listener) and turns signals into messages:
 //! SIGHUP reloads, SIGTERM/SIGINT stop within the grace period, a second
-//! stop signal exits at once.
+//! stop signal (a second or more after the first) exits at once.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -23,6 +23,9 @@ use crate::logging::Logging;
 
 /// Exit code when the repository is unusable at start-up.
 const EXIT_STARTUP: u8 = 1;
+
+/// Stop signals this close to the first one are the same request.
+const SAME_STOP_REQUEST: Duration = Duration::from_secs(1);
 
 pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
     let logger = logging.logger.clone();
@@ -130,11 +133,22 @@ async fn wait_for_signals(supervisor: &Addr<Supervisor>, logger: &Logger, grace:
         }
     }
     info!(logger, "stopping"; "grace_secs" => grace.as_secs_f64());
-    let stop = supervisor.send(StopAll);
-    tokio::select! {
-        _ = tokio::time::timeout(grace + Duration::from_secs(1), stop) => {}
-        _ = term.recv() => { warn!(logger, "second stop signal, exiting now"); std::process::exit(1) }
-        _ = int.recv() => { warn!(logger, "second stop signal, exiting now"); std::process::exit(1) }
+    let first = tokio::time::Instant::now();
+    let stop = tokio::time::timeout(grace + Duration::from_secs(1), supervisor.send(StopAll));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        // GNU timeout, systemd and a shell's Ctrl-C signal the process and
+        // its group at once: what arrives right after the first stop signal
+        // is the same request, not an impatient second one.
+        if first.elapsed() >= SAME_STOP_REQUEST {
+            warn!(logger, "second stop signal, exiting now");
+            std::process::exit(1)
+        }
     }
     info!(logger, "stopped");
 }

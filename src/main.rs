@@ -30,6 +30,10 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = cli.global.check_no_password() {
+        eprintln!("powa-fleet: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let sources = Sources::new(cli.global.config.clone(), cli.global.flags());
     let command = cli.command.unwrap_or(Command::Run);
     if let Command::Demo = command {

@@ -97,7 +97,7 @@ async fn non_superuser_roles_collect_and_answer() {
         .psql(
             "postgres",
             "SELECT string_agg(DISTINCT usename, ',') FROM pg_stat_activity \
-             WHERE application_name LIKE 'powa-fleet%'",
+             WHERE application_name LIKE '%powa-fleet%'",
         )
         .unwrap();
     assert_eq!(remote_user, "powa_remote");

@@ -50,6 +50,19 @@ pub enum ConnectError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// Connected at the TCP level, but the TLS handshake, the startup
+    /// exchange or the session setup got no answer in time: a frozen or
+    /// overloaded server.
+    #[error("could not connect to {target}: no answer within {}s ({stage}): the server is not answering", .after.as_secs_f64())]
+    Timeout {
+        target: String,
+        stage: &'static str,
+        after: Duration,
+    },
+    /// Every repository session the pool may open is held by work that
+    /// does not finish (see [`crate::repo_pool`]).
+    #[error("no repository session free within {}s: the repository is not answering the sessions in use", .after.as_secs_f64())]
+    PoolBusy { after: Duration },
 }
 
 impl ConnectError {
@@ -59,14 +72,33 @@ impl ConnectError {
             ConnectError::Connect { source, .. } | ConnectError::Setup { source, .. } => {
                 classify(source)
             }
+            ConnectError::Timeout { .. } | ConnectError::PoolBusy { .. } => ErrorKind::Connection,
         }
     }
 }
 
-/// `powa-fleet` plus a role (`repository`, `listener`, a server name),
-/// cut to what PostgreSQL keeps, on a character boundary.
+/// powa-fleet's release, shown to powa-web (the workspace's version).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The role of the session powa-web takes for the collector's presence.
+pub const LISTENER_ROLE: &str = "listener";
+
+/// powa-web (4.1 and 5) believes a remote collector runs when one client
+/// session on the repository has an `application_name` like
+/// `PoWA collector - main thread (%`, and shows what follows `main thread`
+/// as the collector's name and version: the reference names its LISTEN
+/// session so. powa-fleet's listener is that session.
+const PRESENCE_PREFIX: &str = "PoWA collector - main thread";
+
+/// `powa-fleet` plus a role (`repository`, a server name), cut to what
+/// PostgreSQL keeps, on a character boundary. The listener's name is the
+/// one powa-web looks for, naming powa-fleet and its version.
 pub fn application_name(role: &str) -> String {
-    let name = format!("powa-fleet: {role}");
+    let name = if role == LISTENER_ROLE {
+        format!("{PRESENCE_PREFIX} (powa-fleet {VERSION})")
+    } else {
+        format!("powa-fleet: {role}")
+    };
     truncate(&name, APPLICATION_NAME_MAX).to_owned()
 }
 
@@ -262,10 +294,17 @@ async fn connect_with_note(
         target: target.clone(),
         source,
     })?;
+    // `connect_timeout` bounds each TCP connect only: the TLS handshake and
+    // the startup exchange with a frozen server would wait forever.
+    let timeout = |stage| ConnectError::Timeout {
+        target: target.clone(),
+        stage,
+        after: settings.connect_timeout,
+    };
     let (client, connection) =
-        config
-            .connect(connector.clone())
+        tokio::time::timeout(settings.connect_timeout, config.connect(connector.clone()))
             .await
+            .map_err(|_| timeout("TCP, TLS and startup"))?
             .map_err(|source| ConnectError::Connect {
                 target: target.clone(),
                 source,
@@ -275,8 +314,9 @@ async fn connect_with_note(
         // The error, if any, surfaces on the client's next query.
         let _ = connection.await;
     });
-    let layout = prepare_session(&client, settings)
+    let layout = tokio::time::timeout(settings.connect_timeout, prepare_session(&client, settings))
         .await
+        .map_err(|_| timeout("session setup"))?
         .map_err(|source| ConnectError::Setup { target, source })?;
     Ok(Session {
         client,
@@ -285,13 +325,45 @@ async fn connect_with_note(
     })
 }
 
-/// Timeouts, keepalives and `application_name` on a config before connecting.
+/// Keepalive probes after `timeouts.keepalive_idle` of silence.
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// Time between two keepalive probes: a third of the idle time, 1 to 10 s.
+pub fn keepalive_interval(settings: &Settings) -> Duration {
+    (settings.keepalive_idle / 3).clamp(Duration::from_secs(1), Duration::from_secs(10))
+}
+
+/// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged before
+/// the kernel drops the connection (a peer gone, a network black hole);
+/// as long as the keepalives take to give up, as libpq recommends.
+pub fn tcp_user_timeout(settings: &Settings) -> Duration {
+    settings.keepalive_idle + keepalive_interval(settings) * KEEPALIVE_PROBES
+}
+
+/// Timeouts, keepalives and `application_name` on a config before
+/// connecting. The TLS handshake and startup exchange are bounded by the
+/// caller ([`connect`] does it).
 pub fn apply_common(config: &mut Config, settings: &Settings, role: &str) {
     config
         .application_name(application_name(role))
         .connect_timeout(settings.connect_timeout)
         .keepalives(true)
-        .keepalives_idle(settings.keepalive_idle);
+        .keepalives_idle(settings.keepalive_idle)
+        .keepalives_interval(keepalive_interval(settings))
+        .keepalives_retries(KEEPALIVE_PROBES)
+        .tcp_user_timeout(tcp_user_timeout(settings));
+}
+
+/// How long one statement on a repository session may take on our side:
+/// the server's own `statement_timeout` plus the connect timeout for the
+/// network; a frozen server never reaches its own timeout.
+pub fn statement_deadline(settings: &Settings) -> Duration {
+    let statements = if settings.statement_timeout.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        settings.statement_timeout
+    };
+    settings.connect_timeout + statements
 }
 
 /// `lock_timeout` when the server leaves it at 0, `statement_timeout`, and
@@ -376,10 +448,25 @@ mod tests {
 
     #[test]
     fn application_name_is_bounded() {
-        assert_eq!(application_name("listener"), "powa-fleet: listener");
+        assert_eq!(application_name("repository"), "powa-fleet: repository");
         let long = application_name(&"é".repeat(100));
         assert!(long.len() <= APPLICATION_NAME_MAX);
         assert!(long.starts_with("powa-fleet: é"));
+    }
+
+    #[test]
+    fn listener_is_named_as_powa_web_looks_for_it() {
+        let name = application_name(LISTENER_ROLE);
+        assert_eq!(
+            name,
+            format!("PoWA collector - main thread (powa-fleet {VERSION})")
+        );
+        assert!(name.len() <= APPLICATION_NAME_MAX, "{name}");
+        // powa-web shows the text after `main thread` as the collector.
+        assert_eq!(
+            &name[PRESENCE_PREFIX.len()..],
+            format!(" (powa-fleet {VERSION})")
+        );
     }
 
     #[test]

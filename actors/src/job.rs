@@ -38,7 +38,8 @@ pub struct SnapshotReport {
     pub not_recorded: Option<String>,
 }
 
-/// A snapshot lost as a whole: nothing was committed.
+/// A snapshot lost as a whole: nothing was committed (but for
+/// [`SnapshotError::CommitUnknown`], where nobody knows yet).
 #[derive(Debug, Error)]
 pub enum SnapshotError {
     #[error("snapshot aborted, remote server failed while {what}: {}", pg_message(.source))]
@@ -56,6 +57,17 @@ pub enum SnapshotError {
     /// The remote server sent nothing for `secs` seconds.
     #[error("snapshot aborted, remote server sent nothing for {secs}s while {what}: it is not answering")]
     RemoteSilent { what: &'static str, secs: u64 },
+    /// The repository session was lost while committing: the snapshot may
+    /// be in the repository or not. It is there if `coalesce_seq` reached
+    /// `recorded_seq` (what the transaction set); `report` is what the
+    /// snapshot did if so.
+    #[error("snapshot outcome unknown: the repository session was lost while committing: {}", pg_message(.source))]
+    CommitUnknown {
+        recorded_seq: Option<i64>,
+        report: Box<SnapshotReport>,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// The fence refused the snapshot: rolled back, nothing to report in
     /// the repository (another member collects the server, or just did).
     #[error("snapshot not written: {0}")]
@@ -68,7 +80,9 @@ impl SnapshotError {
             SnapshotError::Remote { source, .. } | SnapshotError::Repository { source, .. } => {
                 classify(source)
             }
-            SnapshotError::RemoteSilent { .. } => ErrorKind::Connection,
+            SnapshotError::RemoteSilent { .. } | SnapshotError::CommitUnknown { .. } => {
+                ErrorKind::Connection
+            }
             SnapshotError::Fenced(_) => ErrorKind::Internal,
         }
     }
@@ -131,6 +145,60 @@ pub struct Job<'a> {
     pub fence: Option<Fence>,
 }
 
+/// How many statements `plan` left out because the remote role cannot see
+/// their `queryid`: counted only when the role lacks `pg_read_all_stats`
+/// (superusers have it), so a well-granted role pays nothing.
+async fn hidden_statements(
+    remote_silence: Duration,
+    remote_tx: &mut Transaction<'_>,
+    plan: &CopyPlan,
+    report: &mut SnapshotReport,
+) -> Result<(), SnapshotError> {
+    let sql = format!(
+        "SELECT CASE WHEN pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE') THEN 0 \
+         ELSE (SELECT pg_catalog.count(*) FROM {} WHERE queryid IS NULL) END",
+        plan.source_label
+    );
+    // Under its own savepoint: a failed count (a timeout) must not abort
+    // the copy it follows.
+    let what = "opening a savepoint";
+    let sp = on_remote(
+        remote_silence,
+        what,
+        remote_tx.savepoint("powa_fleet_hidden"),
+    )
+    .await?
+    .map_err(remote(what))?;
+    let what = "counting hidden statements";
+    match on_remote(remote_silence, what, sp.query_one(&sql, &[])).await? {
+        Ok(row) => {
+            let hidden: i64 = row.get(0);
+            if hidden > 0 {
+                report.errors.push(format!(
+                    "{}: {hidden} statements of other roles not copied: the remote role \
+                     sees them with a NULL queryid (grant it pg_read_all_stats)",
+                    plan.name
+                ));
+            }
+            let what = "releasing a savepoint";
+            on_remote(remote_silence, what, sp.commit())
+                .await?
+                .map_err(remote(what))?;
+        }
+        Err(e) if is_lost(&e) => return Err(remote(what)(e)),
+        Err(e) => {
+            report
+                .warnings
+                .push(format!("{}: {what}: {}", plan.name, pg_message(&e)));
+            let what = "rolling back a savepoint";
+            on_remote(remote_silence, what, sp.rollback())
+                .await?
+                .map_err(remote(what))?;
+        }
+    }
+    Ok(())
+}
+
 /// One copy from the remote into a staging table of the repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyPlan {
@@ -142,6 +210,9 @@ pub struct CopyPlan {
     pub source: String,
     /// The qualified staging table on the repository.
     pub table: String,
+    /// pg_stat_statements' rows: those the remote role cannot see are left
+    /// out and counted (see [`hidden_statements`]).
+    pub skips_hidden_statements: bool,
 }
 
 impl CopyPlan {
@@ -202,7 +273,7 @@ pub(crate) async fn copy_one(
     observer: &mut dyn FnMut(Step),
 ) -> Result<bool, SnapshotError> {
     let what = "opening a savepoint";
-    let remote_sp = on_remote(remote_silence, what, remote_tx.savepoint("powa_fleet_src"))
+    let mut remote_sp = on_remote(remote_silence, what, remote_tx.savepoint("powa_fleet_src"))
         .await?
         .map_err(remote(what))?;
     let repo_sp = repo_tx
@@ -220,6 +291,9 @@ pub(crate) async fn copy_one(
     .await;
     match piped {
         Ok(copied) => {
+            if plan.skips_hidden_statements {
+                hidden_statements(remote_silence, &mut remote_sp, plan, report).await?;
+            }
             let what = "releasing a savepoint";
             on_remote(remote_silence, what, remote_sp.commit())
                 .await?

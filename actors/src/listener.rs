@@ -22,7 +22,7 @@ use futures_util::stream::poll_fn;
 use slog::{debug, error, info, warn, Logger};
 use tokio_postgres::{AsyncMessage, Client, Notification};
 
-use crate::connect::prepare_repository;
+use crate::connect::{prepare_repository, LISTENER_ROLE};
 use crate::error::{backoff_delay, classify};
 use crate::layout::Layout;
 use crate::membership::{self, FleetView};
@@ -38,6 +38,52 @@ use crate::supervisor::{Force, RefreshCatalogsOf, Reload, Supervisor};
 /// Requests handled at once; beyond this a request is answered with an
 /// error instead of queueing without bound.
 const MAX_IN_FLIGHT: usize = 256;
+/// Requests of one sending backend handled at once: one session flooding
+/// the channel leaves room for the others.
+const MAX_IN_FLIGHT_PER_SENDER: usize = MAX_IN_FLIGHT / 2;
+
+/// Requests being handled, in all and per sending backend.
+#[derive(Default)]
+struct InFlight {
+    total: Cell<usize>,
+    per_sender: RefCell<HashMap<i32, usize>>,
+}
+
+/// One request's place in [`InFlight`], given back when dropped: when the
+/// request is done, or dropped with the listener's context at a restart.
+struct Slot {
+    counts: Rc<InFlight>,
+    sender: i32,
+}
+
+impl InFlight {
+    fn take(self: &Rc<Self>, sender: i32) -> Option<Slot> {
+        let mine = self.per_sender.borrow().get(&sender).copied().unwrap_or(0);
+        if self.total.get() >= MAX_IN_FLIGHT || mine >= MAX_IN_FLIGHT_PER_SENDER {
+            return None;
+        }
+        self.total.set(self.total.get() + 1);
+        *self.per_sender.borrow_mut().entry(sender).or_default() += 1;
+        Some(Slot {
+            counts: self.clone(),
+            sender,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let counts = &self.counts;
+        counts.total.set(counts.total.get() - 1);
+        let mut per_sender = counts.per_sender.borrow_mut();
+        if let Some(n) = per_sender.get_mut(&self.sender) {
+            *n -= 1;
+            if *n == 0 {
+                per_sender.remove(&self.sender);
+            }
+        }
+    }
+}
 
 /// How long a member with no leader in sight waits for one to be elected
 /// (the repository just restarted, say) before answering itself.
@@ -74,7 +120,7 @@ pub struct Listener {
     logger: Logger,
     session: Option<Session>,
     failures: u32,
-    in_flight: Rc<Cell<usize>>,
+    in_flight: Rc<InFlight>,
     pending: Pending,
     next_gather: Rc<Cell<u64>>,
 }
@@ -105,7 +151,7 @@ impl Listener {
             logger: logger.new(slog::o!("actor" => "listener")),
             session: None,
             failures: 0,
-            in_flight: Rc::new(Cell::new(0)),
+            in_flight: Rc::default(),
             pending: Pending::default(),
             next_gather: Rc::new(Cell::new(1)),
         }
@@ -134,6 +180,9 @@ impl Actor for Listener {
 impl Supervised for Listener {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.session = None;
+        // The requests in flight are dropped with the old context (their
+        // slots with them); start a new count all the same.
+        self.in_flight = Rc::default();
         self.failures = self.failures.saturating_add(1);
     }
 }
@@ -150,7 +199,7 @@ impl Handler<Connect> for Listener {
     type Result = ();
 
     fn handle(&mut self, _: Connect, ctx: &mut Context<Self>) {
-        let (config, tls) = match prepare_repository(&self.settings, "listener") {
+        let (config, tls) = match prepare_repository(&self.settings, LISTENER_ROLE) {
             Ok(prepared) => prepared,
             Err(e) => {
                 error!(self.logger, "cannot listen"; "error" => %e);
@@ -159,13 +208,25 @@ impl Handler<Connect> for Listener {
             }
         };
         let statement_timeout = self.settings.statement_timeout.as_millis();
-        let fut = async move { config.connect(tls).await };
+        // `connect_timeout` covers the TCP connect only: bound the TLS
+        // handshake and startup exchange too (the mailbox waits meanwhile).
+        let connect_timeout = self.settings.connect_timeout;
+        let setup_deadline = crate::connect::statement_deadline(&self.settings);
+        let fut = async move { tokio::time::timeout(connect_timeout, config.connect(tls)).await };
         ctx.wait(fut.into_actor(self).map(move |result, act, ctx| {
             let (client, mut connection) = match result {
-                Ok(pair) => pair,
-                Err(e) => {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => {
                     warn!(act.logger, "cannot connect to the repository to listen";
                         "error_type" => classify(&e).as_str(), "error" => %e);
+                    ctx.stop();
+                    return;
+                }
+                Err(_) => {
+                    warn!(act.logger, "cannot connect to the repository to listen";
+                        "error_type" => "connection",
+                        "error" => format!("no answer within {}s (TCP, TLS and startup): \
+                            the repository is not answering", connect_timeout.as_secs_f64()));
                     ctx.stop();
                     return;
                 }
@@ -177,9 +238,8 @@ impl Handler<Connect> for Listener {
             let setup = client.clone();
             // Spawned, not waited for: a waiting future would keep the
             // context from polling the stream that drives this very query.
-            ctx.spawn(
-                async move {
-                    setup
+            let setup = async move {
+                setup
                         .batch_execute(&format!(
                             "SET statement_timeout = {statement_timeout}; LISTEN {}",
                             protocol::LISTEN_CHANNEL
@@ -204,6 +264,16 @@ impl Handler<Connect> for Listener {
                         PermissionRule::new(row.get(0), &layout),
                         reply_channel,
                     ))
+            };
+            ctx.spawn(
+                async move {
+                    match tokio::time::timeout(setup_deadline, setup).await {
+                        Ok(result) => result.map_err(|e| e.to_string()),
+                        Err(_) => Err(format!(
+                            "no answer within {}s: the repository is not answering",
+                            setup_deadline.as_secs()
+                        )),
+                    }
                 }
                 .into_actor(act)
                 .map(move |result, act, ctx| match result {
@@ -283,7 +353,7 @@ impl Listener {
                 (None, rejection.reply)
             }
         };
-        if self.in_flight.get() >= MAX_IN_FLIGHT {
+        let Some(slot) = self.in_flight.take(sender_pid) else {
             warn!(self.logger, "too many commands in flight, refusing one"; "sender_pid" => sender_pid);
             if let Some(request) = &request {
                 if let Some(channel) = request.reply_to.channel() {
@@ -293,24 +363,34 @@ impl Listener {
                 }
             }
             return;
-        }
+        };
         if let Some((channel, answer)) = answer_now {
+            // Counted and checked like a command: any role that can
+            // connect may NOTIFY us, and must not make us NOTIFY at will.
             // Every member got it: the leader answers.
             let fleet = self.fleet.clone();
             let logger = self.logger.clone();
             ctx.spawn(
                 async move {
                     if answers_here(&session, &fleet, None).await {
-                        send_answer(&session.client, &channel, &answer, &logger).await;
+                        match permitted(&session, sender_pid).await {
+                            Ok(true) => {
+                                send_answer(&session.client, &channel, &answer, &logger).await
+                            }
+                            Ok(false) => {
+                                debug!(logger, "invalid command from a role without permission: \
+                                    not answered"; "sender_pid" => sender_pid)
+                            }
+                            Err(e) => warn!(logger, "permission check failed"; "error" => %e),
+                        }
                     }
+                    drop(slot);
                 }
                 .into_actor(self),
             );
             return;
         }
         let Some(request) = request else { return };
-        let in_flight = self.in_flight.clone();
-        in_flight.set(in_flight.get() + 1);
         let supervisor = self.supervisor.clone();
         let status = self.status.clone();
         let logger = self.logger.clone();
@@ -327,7 +407,7 @@ impl Listener {
                 if !answering {
                     // RELOAD included: the leader asks every member to
                     // reload and answers once they acknowledged.
-                    in_flight.set(in_flight.get() - 1);
+                    drop(slot);
                     return;
                 }
                 let answers = execute(
@@ -346,7 +426,7 @@ impl Listener {
                         send_answer(&session.client, channel, answer, &logger).await;
                     }
                 }
-                in_flight.set(in_flight.get() - 1);
+                drop(slot);
             }
             .into_actor(self),
         );

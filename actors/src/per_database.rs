@@ -50,6 +50,7 @@ pub fn plan_database(
                 m.query_source
             ),
             table: m.tmp_table.clone(),
+            skips_hidden_statements: false,
         }
     });
     let catalogs = catalogs
@@ -64,6 +65,7 @@ pub fn plan_database(
                 c.query_source
             ),
             table: c.tmp_table.clone(),
+            skips_hidden_statements: false,
         });
     modules.chain(catalogs).collect()
 }

@@ -4,8 +4,9 @@
 //!
 //! Same rules as libpq: the file is `PGPASSFILE`, else `~/.pgpass`; each
 //! line is `hostname:port:database:username:password`, `*` matches
-//! anything, `\` escapes `:` and `\`, `#` starts a comment line, the first
-//! matching line wins; a file readable by group or others is ignored.
+//! anything, `\` escapes `:` and `\`, a line starting with `#` is a
+//! comment, the first matching line wins; a file readable by group or
+//! others is ignored.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -50,41 +51,59 @@ pub fn lookup(host: &str, port: u16, dbname: &str, user: &str) -> Lookup {
     }
 }
 
-/// The first matching line's password in password-file `text`.
+/// The first matching line's password in password-file `text`, as libpq
+/// reads it: a field matches when it is exactly `*` (unescaped) or equal to
+/// the value once its escapes are undone; the password ends at the next
+/// unescaped `:`; a first matching line with an empty password means none.
 pub fn find(text: &str, host: &str, port: u16, dbname: &str, user: &str) -> Option<String> {
     let port = port.to_string();
     let wanted = [host, port.as_str(), dbname, user];
     text.lines()
-        .filter(|line| !line.trim_start().starts_with('#') && !line.trim().is_empty())
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
         .find_map(|line| {
-            let fields = split_fields(line);
-            if fields.len() < 5 {
-                return None;
+            let mut rest = line;
+            for value in wanted {
+                rest = matching_field(rest, value)?;
             }
-            let matches = fields[..4]
-                .iter()
-                .zip(wanted)
-                .all(|(field, value)| field == "*" || field == value);
-            matches.then(|| fields[4].clone())
+            Some(unescape_password(rest))
         })
+        .filter(|password| !password.is_empty())
 }
 
-/// Split on unescaped `:`; the fifth field takes the rest of the line.
-fn split_fields(line: &str) -> Vec<String> {
-    let mut fields = vec![String::new()];
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
+/// The rest of `line` after its first field, if that field matches `value`
+/// and ends with `:`.
+fn matching_field<'a>(line: &'a str, value: &str) -> Option<&'a str> {
+    if let Some(rest) = line.strip_prefix("*:") {
+        return Some(rest);
+    }
+    let mut field = String::new();
+    let mut chars = line.char_indices();
+    while let Some((i, c)) = chars.next() {
         match c {
-            '\\' => {
-                if let Some(next) = chars.next() {
-                    fields.last_mut().expect("never empty").push(next);
-                }
-            }
-            ':' if fields.len() < 5 => fields.push(String::new()),
-            other => fields.last_mut().expect("never empty").push(other),
+            '\\' => match chars.next() {
+                Some((_, escaped)) => field.push(escaped),
+                None => return None,
+            },
+            ':' => return (field == value).then(|| &line[i + 1..]),
+            c => field.push(c),
         }
     }
-    fields
+    None
+}
+
+/// The password field: escapes undone, up to the first unescaped `:`; a
+/// backslash ending the line is kept.
+fn unescape_password(field: &str) -> String {
+    let mut password = String::new();
+    let mut chars = field.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ':' => break,
+            '\\' => password.push(chars.next().unwrap_or('\\')),
+            c => password.push(c),
+        }
+    }
+    password
 }
 
 #[cfg(test)]
@@ -95,7 +114,8 @@ mod tests {
         db1:5432:powa:powa:first\n\
         *:5433:*:powa:second\n\
         db1:5432:powa:powa:shadowed\n\
-        db\\:2:*:*:*:with\\:colon:and\\\\slash\n";
+        db\\:2:*:*:*:with\\:colon:and\\\\slash\n\
+        other:*:*:*:back\\\\slash\n";
 
     #[test]
     fn first_matching_line_wins_with_wildcards() {
@@ -114,7 +134,42 @@ mod tests {
     fn escapes_are_honoured() {
         assert_eq!(
             find(FILE, "db:2", 1, "d", "u").as_deref(),
-            Some("with:colon:and\\slash")
+            // libpq ends the password at the unescaped colon.
+            Some("with:colon")
+        );
+    }
+
+    #[test]
+    fn libpq_details() {
+        // An escaped star is a literal star, not a wildcard.
+        assert_eq!(find("\\*:*:*:*:pw\n", "db", 1, "d", "u"), None);
+        assert_eq!(
+            find("\\*:*:*:*:pw\n", "*", 1, "d", "u").as_deref(),
+            Some("pw")
+        );
+        // The password ends at an unescaped colon; a final backslash stays.
+        assert_eq!(
+            find("*:*:*:*:pw:extra\n", "h", 1, "d", "u").as_deref(),
+            Some("pw")
+        );
+        assert_eq!(
+            find("*:*:*:*:pw\\\n", "h", 1, "d", "u").as_deref(),
+            Some("pw\\")
+        );
+        // Only a line starting with '#' is a comment.
+        assert_eq!(
+            find(" #:*:*:*:pw\n", " #", 1, "d", "u").as_deref(),
+            Some("pw")
+        );
+        // The first matching line wins even with an empty password.
+        assert_eq!(find("*:*:*:*:\n*:*:*:*:pw\n", "h", 1, "d", "u"), None);
+    }
+
+    #[test]
+    fn escaped_backslash() {
+        assert_eq!(
+            find(FILE, "other", 1, "d", "u").as_deref(),
+            Some("back\\slash")
         );
     }
 

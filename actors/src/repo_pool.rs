@@ -10,11 +10,12 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::Client;
 
-use crate::connect::{connect_repository, ConnectError};
+use crate::connect::{connect_repository, statement_deadline, ConnectError};
 use crate::layout::Layout;
 use crate::settings::Settings;
 
@@ -44,6 +45,9 @@ pub struct PooledClient {
     client: Option<Client>,
     layout: Arc<Layout>,
     pool: RepoPool,
+    /// Held longer than this, the session is closed rather than reused:
+    /// its user was cut off by its deadline, maybe mid-statement.
+    suspect_after: Instant,
     _open: OwnedSemaphorePermit,
 }
 
@@ -77,15 +81,24 @@ impl RepoPool {
         state.idle.clear();
     }
 
+    /// How long one statement on a pooled session may take on our side
+    /// ([`statement_deadline`]); callers bound each statement by it.
+    pub fn statement_deadline(&self) -> Duration {
+        statement_deadline(&self.lock().settings)
+    }
+
     /// An idle healthy session, or a new one once the bound allows it.
+    /// The wait for a free session is bounded by the statement deadline
+    /// (sessions in use are held by work bounded the same way: past it,
+    /// the repository is not answering them); opening one is bounded by
+    /// [`connect_repository`].
     pub async fn get(&self) -> Result<PooledClient, ConnectError> {
-        let open = self
-            .inner
-            .open
-            .clone()
-            .acquire_owned()
+        let wait = self.statement_deadline();
+        let open = tokio::time::timeout(wait, self.inner.open.clone().acquire_owned())
             .await
+            .map_err(|_| ConnectError::PoolBusy { after: wait })?
             .expect("the pool's semaphore is never closed");
+        let suspect_after = Instant::now() + wait;
         let settings = {
             let mut state = self.lock();
             while let Some((client, layout)) = state.idle.pop() {
@@ -94,6 +107,7 @@ impl RepoPool {
                         client: Some(client),
                         layout,
                         pool: self.clone(),
+                        suspect_after,
                         _open: open,
                     });
                 }
@@ -105,6 +119,7 @@ impl RepoPool {
             client: Some(session.client),
             layout: Arc::new(session.layout),
             pool: self.clone(),
+            suspect_after,
             _open: open,
         })
     }
@@ -139,7 +154,7 @@ impl DerefMut for PooledClient {
 impl Drop for PooledClient {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
-            if client.is_closed() {
+            if client.is_closed() || Instant::now() >= self.suspect_after {
                 return;
             }
             let mut state = self.pool.lock();

@@ -449,6 +449,18 @@ pub async fn update_versions(
     srvid: SrvId,
 ) -> Result<(), RepositoryError> {
     let inventory = remote_inventory(remote).await?;
+    save_versions(repo, layout, srvid, &inventory).await
+}
+
+/// The repository side of [`update_versions`], for callers that read the
+/// remote's inventory first, without holding a repository session while a
+/// remote that may not answer is asked.
+pub async fn save_versions(
+    repo: &Client,
+    layout: &Layout,
+    srvid: SrvId,
+    inventory: &RemoteInventory,
+) -> Result<(), RepositoryError> {
     repo.execute(
         &format!(
             "UPDATE {} SET version = $2 WHERE id = $1 AND version IS DISTINCT FROM $2",

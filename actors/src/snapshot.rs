@@ -23,9 +23,45 @@ use crate::job::{copy_one, is_lost, on_remote, remote, repo};
 pub use crate::job::{
     CatalogRefresh, CopyPlan, Job, OpenDatabase, SnapshotError, SnapshotReport, Step,
 };
-use crate::layout::Generation;
+use crate::layout::{Generation, Layout};
 use crate::per_database;
 use crate::repository::{self, Datasource};
+use crate::server::SrvId;
+
+/// After [`SnapshotError::CommitUnknown`], on another session: whether
+/// the snapshot that would have set `coalesce_seq` to `recorded_seq` is in
+/// the repository.
+pub async fn committed(
+    repo: &Client,
+    layout: &Layout,
+    srvid: SrvId,
+    recorded_seq: i64,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = repo
+        .query_one(
+            &format!(
+                "SELECT coalesce_seq FROM {} WHERE srvid = $1",
+                layout.qualify("powa_snapshot_metas")
+            ),
+            &[&srvid],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) >= recorded_seq)
+}
+
+/// A COMMIT error after which nobody can tell whether it committed: the
+/// session is gone (no SQLSTATE, a connection exception, or the backend
+/// terminated: class 57P, as when a commit waiting for a synchronous
+/// standby is cancelled after committing locally).
+fn commit_outcome_unknown(err: &tokio_postgres::Error, client: &Client) -> bool {
+    match err.code() {
+        None => true,
+        Some(code) => {
+            let code = code.code();
+            client.is_closed() || code.starts_with("08") || code.starts_with("57P")
+        }
+    }
+}
 
 /// The copy of one global datasource: its source function called with
 /// `0` (the remote's own data) in the schema it lives in on the remote,
@@ -44,16 +80,32 @@ pub fn global_plan(job: &Job<'_>, ds: &Datasource) -> Result<CopyPlan, String> {
     let table = ds
         .staging_table(job.repository)
         .ok_or_else(|| missing("repository"))?;
+    // Rows the remote role may not see cannot be stored (see
+    // `hidden_statements`): leave them out rather than fail the COPY.
+    let statements = ds.query_source == STATEMENTS_SOURCE;
+    let filter = if statements {
+        " WHERE queryid IS NOT NULL"
+    } else {
+        ""
+    };
     Ok(CopyPlan {
         name: ds.module.clone(),
         source: format!(
-            "COPY (SELECT {}, * FROM {function}(0)) TO STDOUT",
+            "COPY (SELECT {}, * FROM {function}(0){filter}) TO STDOUT",
             job.srvid
         ),
         source_label: format!("{function}(0)"),
         table,
+        skips_hidden_statements: statements,
     })
 }
+
+/// The source function of pg_stat_statements' rows. A remote role that is not a
+/// member of `pg_read_all_stats` sees other roles' statements with a NULL
+/// `queryid`; PoWA's staging table cannot hold such a row, and one of them
+/// would fail the whole COPY (the reference loses every statement then:
+/// powa-team/powa#198).
+const STATEMENTS_SOURCE: &str = "powa_statements_src";
 
 /// Take one snapshot of `job.srvid` (SPEC steps 1–7, and on PoWA 5 the
 /// per-database datasources and catalogs before step 5).
@@ -207,7 +259,42 @@ pub async fn take_snapshot(
             .await
             .map_err(repo("recording errors"))?;
     }
-    commit_fenced(repo_tx, job).await?;
+    if !fence_holds(&repo_tx, job).await? {
+        repo_tx
+            .rollback()
+            .await
+            .map_err(repo("rolling back a fenced snapshot"))?;
+        return Err(SnapshotError::Fenced(Fenced::NotOwner));
+    }
+    // What this transaction leaves in coalesce_seq: how to tell, should
+    // the session be lost during COMMIT, whether the snapshot is there.
+    let recorded_seq = match &report.not_recorded {
+        Some(_) => None,
+        None => Some(
+            repo_tx
+                .query_one(
+                    &format!(
+                        "SELECT coalesce_seq FROM {} WHERE srvid = $1",
+                        layout.qualify("powa_snapshot_metas")
+                    ),
+                    &[&srvid],
+                )
+                .await
+                .map_err(repo("reading the snapshot's sequence"))?
+                .get::<_, i64>(0),
+        ),
+    };
+    if let Err(e) = repo_tx.commit().await {
+        if commit_outcome_unknown(&e, repo_client) {
+            report.elapsed = started.elapsed();
+            return Err(SnapshotError::CommitUnknown {
+                recorded_seq,
+                report: Box::new(report),
+                source: e,
+            });
+        }
+        return Err(repo("committing")(e));
+    }
     // powa_take_snapshot renames the session; give the pooled session its
     // own name back (RESET restores the one set at connection).
     if let Err(e) = repo_client.batch_execute("RESET application_name").await {
@@ -228,20 +315,26 @@ pub async fn take_snapshot(
     Ok(report)
 }
 
+/// Just before the commit: does the member still hold the server (always
+/// true without a fence)?
+async fn fence_holds(repo_tx: &Transaction<'_>, job: &Job<'_>) -> Result<bool, SnapshotError> {
+    match &job.fence {
+        None => Ok(true),
+        Some(fence) => fencing::still_holds(repo_tx, job.srvid, fence)
+            .await
+            .map_err(repo("checking the fence")),
+    }
+}
+
 /// Commit, once the fence (if any) proved the member still holds the
 /// server; otherwise roll back.
 async fn commit_fenced(repo_tx: Transaction<'_>, job: &Job<'_>) -> Result<(), SnapshotError> {
-    if let Some(fence) = &job.fence {
-        let holds = fencing::still_holds(&repo_tx, job.srvid, fence)
+    if !fence_holds(&repo_tx, job).await? {
+        repo_tx
+            .rollback()
             .await
-            .map_err(repo("checking the fence"))?;
-        if !holds {
-            repo_tx
-                .rollback()
-                .await
-                .map_err(repo("rolling back a fenced snapshot"))?;
-            return Err(SnapshotError::Fenced(Fenced::NotOwner));
-        }
+            .map_err(repo("rolling back a fenced snapshot"))?;
+        return Err(SnapshotError::Fenced(Fenced::NotOwner));
     }
     repo_tx.commit().await.map_err(repo("committing"))
 }
@@ -332,7 +425,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             plan.source,
-            "COPY (SELECT 7, * FROM public.\"powa_statements_src\"(0)) TO STDOUT"
+            "COPY (SELECT 7, * FROM public.\"powa_statements_src\"(0) WHERE queryid IS NOT NULL) TO STDOUT"
         );
         assert_eq!(plan.table, "public.\"powa_statements_src_tmp\"");
         assert_eq!(

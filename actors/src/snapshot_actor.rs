@@ -36,7 +36,9 @@ use crate::repository::{self, LastSnapshot};
 use crate::schedule;
 use crate::server::{ServerSpec, SrvId};
 use crate::settings::Settings;
-use crate::snapshot::{take_snapshot, CatalogRefresh, Job, OpenDatabase, SnapshotError, Step};
+use crate::snapshot::{
+    take_snapshot, CatalogRefresh, Job, OpenDatabase, SnapshotError, SnapshotReport, Step,
+};
 use crate::status::{Report, StatusActor, WorkerReport, WorkerState};
 
 mod life;
@@ -402,20 +404,115 @@ impl SnapshotActor {
 
 /// How long connecting, bookkeeping or one snapshot may take in all.
 fn work_deadline(settings: &Settings) -> Duration {
-    let statements = if settings.statement_timeout.is_zero() {
-        Duration::from_secs(3600)
-    } else {
-        settings.statement_timeout
+    crate::connect::statement_deadline(settings)
+}
+
+/// The version bookkeeping: the remote is asked first, within the remote
+/// silence limit, and only then is a repository session borrowed to save
+/// the answer; a frozen remote never holds a pooled session.
+async fn bookkeeping(
+    pool: &RepoPool,
+    remote: &Client,
+    srvid: SrvId,
+    settings: &Settings,
+) -> Result<(), StepFailure> {
+    let inventory = within(
+        settings.remote_silence,
+        "reading the remote server's versions",
+        async {
+            repository::remote_inventory(remote)
+                .await
+                .map_err(|e| StepFailure::new(e.kind(), e))
+        },
+    )
+    .await?;
+    let repo = pool.get().await.map_err(pool_failure)?;
+    within(work_deadline(settings), "the version bookkeeping", async {
+        repository::save_versions(&repo, repo.layout(), srvid, &inventory)
+            .await
+            .map_err(|e| StepFailure::new(e.kind(), e))
+    })
+    .await
+}
+
+/// Tries at finding out whether a COMMIT cut off by a lost session went
+/// through, one second apart (the repository may be restarting).
+const COMMIT_CHECKS: u32 = 3;
+
+/// A COMMIT cut off by a lost session: ask the repository, on a new
+/// session, whether the snapshot is there. It becomes a success if it is,
+/// an aborted snapshot if it is not, and stays "outcome unknown" (never
+/// "aborted") when the repository cannot tell us.
+async fn settle_commit<R>(
+    pool: &RepoPool,
+    srvid: SrvId,
+    result: Result<(R, Duration, Result<SnapshotReport, SnapshotError>), StepFailure>,
+    logger: &Logger,
+) -> Result<(R, Duration, Result<SnapshotReport, SnapshotError>), StepFailure> {
+    let Ok((
+        remote,
+        waited,
+        Err(SnapshotError::CommitUnknown {
+            recorded_seq: Some(seq),
+            report,
+            source,
+        }),
+    )) = result
+    else {
+        return result;
     };
-    settings.connect_timeout + statements
+    let deadline = pool.statement_deadline();
+    for attempt in 0..COMMIT_CHECKS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let Ok(repo) = pool.get().await else { continue };
+        let check = crate::snapshot::committed(&repo, repo.layout(), srvid, seq);
+        match tokio::time::timeout(deadline, check).await {
+            Ok(Ok(true)) => {
+                let mut report = *report;
+                warn!(logger, "the repository session was lost during COMMIT, \
+                    but the snapshot is in the repository"; "error" => pg_message(&source));
+                report.warnings.push(format!(
+                    "repository session lost during COMMIT, snapshot committed: {}",
+                    pg_message(&source)
+                ));
+                return Ok((remote, waited, Ok(report)));
+            }
+            Ok(Ok(false)) => {
+                let aborted = SnapshotError::Repository {
+                    what: "committing",
+                    source,
+                };
+                return Ok((remote, waited, Err(aborted)));
+            }
+            Ok(Err(_)) | Err(_) => {}
+        }
+    }
+    let unknown = SnapshotError::CommitUnknown {
+        recorded_seq: Some(seq),
+        report,
+        source,
+    };
+    Ok((remote, waited, Err(unknown)))
 }
 
 /// Write a failure to `powa_snapshot_metas.errors` so powa-web shows it.
 async fn record_error(pool: &RepoPool, srvid: SrvId, message: &str, logger: &Logger) {
+    let deadline = pool.statement_deadline();
     let result = match pool.get().await {
-        Ok(repo) => repository::record_connection_error(&repo, repo.layout(), srvid, message)
-            .await
-            .map_err(|e| e.to_string()),
+        Ok(repo) => tokio::time::timeout(
+            deadline,
+            repository::record_connection_error(&repo, repo.layout(), srvid, message),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "the repository did not answer within {}s",
+                deadline.as_secs()
+            )
+        })
+        .and_then(|r| r.map_err(|e| e.to_string())),
         Err(e) => Err(e.to_string()),
     };
     if let Err(e) = result {
@@ -469,13 +566,7 @@ impl Handler<Connect> for SnapshotActor {
                 client: session.client,
                 layout: session.layout,
             };
-            let repo = pool.get().await.map_err(pool_failure)?;
-            within(deadline, "the version bookkeeping", async {
-                repository::update_versions(&repo, repo.layout(), &remote.client, spec.srvid)
-                    .await
-                    .map_err(|e| StepFailure::new(e.kind(), e))
-            })
-            .await?;
+            bookkeeping(&pool, &remote.client, spec.srvid, &settings).await?;
             Ok(Connected { remote, tls, last })
         });
         let pool = self.shared.pool.clone();
@@ -632,7 +723,7 @@ impl Handler<Due> for SnapshotActor {
         let logger = self.logger.clone();
         let password = self.spec.password.clone().unwrap_or_default();
         let work = async move {
-            let result = work.await;
+            let result = settle_commit(&pool, srvid, work.await, &logger).await;
             // A snapshot lost as a whole is written where powa-web shows it.
             let lost = match &result {
                 Ok((_, _, Err(SnapshotError::Fenced(_)))) => None,
@@ -782,15 +873,9 @@ impl Handler<Refresh> for SnapshotActor {
         // Healthy: keep the session and the rhythm, redo the bookkeeping.
         let pool = self.shared.pool.clone();
         let srvid = self.spec.srvid;
-        let deadline = work_deadline(&self.settings);
+        let settings = self.settings.clone();
         let work = guarded(async move {
-            let repo = pool.get().await.map_err(pool_failure)?;
-            within(deadline, "the version bookkeeping", async {
-                repository::update_versions(&repo, repo.layout(), &remote.client, srvid)
-                    .await
-                    .map_err(|e| StepFailure::new(e.kind(), e))
-            })
-            .await?;
+            bookkeeping(&pool, &remote.client, srvid, &settings).await?;
             Ok(remote)
         });
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {

@@ -20,6 +20,7 @@ use futures_util::future::join_all;
 use slog::{error, info, Logger};
 use thiserror::Error;
 
+use crate::error::backoff_delay;
 use crate::gate::Gate;
 use crate::member_actor::{MemberActor, Servers};
 use crate::membership::FleetView;
@@ -108,6 +109,8 @@ pub struct Supervisor {
     next_arbiter: usize,
     logger: Logger,
     stopping: bool,
+    /// The server list was read once: no more first-load retries.
+    loaded: bool,
 }
 
 impl Supervisor {
@@ -143,6 +146,7 @@ impl Supervisor {
             next_arbiter: 0,
             logger,
             stopping: false,
+            loaded: false,
         }
     }
 
@@ -215,7 +219,7 @@ impl Actor for Supervisor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Start-up is a reload from an empty registry.
-        ctx.notify(InitialLoad);
+        ctx.notify(InitialLoad { attempt: 0 });
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -225,24 +229,46 @@ impl Actor for Supervisor {
     }
 }
 
+/// The first load of the server list; retried with a growing delay until
+/// one load (this one, or a reload asked meanwhile) succeeds.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct InitialLoad;
+struct InitialLoad {
+    attempt: u32,
+}
+
+/// Longest delay between two attempts at the first load.
+const INITIAL_LOAD_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 impl Handler<InitialLoad> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, _: InitialLoad, ctx: &mut Context<Self>) {
+    fn handle(&mut self, InitialLoad { attempt }: InitialLoad, ctx: &mut Context<Self>) {
+        if self.loaded || self.stopping {
+            return;
+        }
         let addr = ctx.address();
-        let logger = self.logger.clone();
-        ctx.spawn(
-            async move {
-                if let Ok(Err(e)) = addr.send(Reload).await {
-                    error!(logger, "initial server list not loaded, retrying on reload"; "error" => %e);
+        let min = self.settings.backoff_min;
+        let max = self.settings.backoff_max.min(INITIAL_LOAD_BACKOFF_MAX);
+        ctx.spawn(async move { addr.send(Reload).await }.into_actor(self).map(
+            move |result, act, ctx| {
+                if let Ok(Err(e)) = result {
+                    if act.loaded {
+                        return;
+                    }
+                    let delay = backoff_delay(attempt, min, max);
+                    error!(act.logger, "initial server list not loaded, retrying";
+                        "error" => %e, "attempt" => attempt + 1,
+                        "in_secs" => delay.as_secs_f64());
+                    ctx.notify_later(
+                        InitialLoad {
+                            attempt: attempt + 1,
+                        },
+                        delay,
+                    );
                 }
-            }
-            .into_actor(self),
-        );
+            },
+        ));
     }
 }
 
@@ -255,13 +281,21 @@ impl Handler<Reload> for Supervisor {
         let fut = async move {
             let settings = config.map_err(ReloadError::Config)?;
             crate::tls::forget_configs();
+            let deadline = pool.statement_deadline();
             let repo = pool
                 .get()
                 .await
                 .map_err(|e| ReloadError::Repository(e.to_string()))?;
-            let servers = repository::list_servers(&repo, repo.layout())
-                .await
-                .map_err(|e| ReloadError::Repository(e.to_string()))?;
+            let servers =
+                tokio::time::timeout(deadline, repository::list_servers(&repo, repo.layout()))
+                    .await
+                    .map_err(|_| {
+                        ReloadError::Repository(format!(
+                            "the repository did not answer within {}s",
+                            deadline.as_secs()
+                        ))
+                    })?
+                    .map_err(|e| ReloadError::Repository(e.to_string()))?;
             Ok((settings, servers))
         };
         // Reloads are applied one at a time, in order.
@@ -277,6 +311,7 @@ impl Handler<Reload> for Supervisor {
                     .set_capacity(settings.max_concurrent_snapshots);
                 act.shared.pool.set_settings(settings.clone());
                 act.settings = settings;
+                act.loaded = true;
                 act.membership
                     .do_send(Servers(servers.iter().map(|s| s.srvid).collect()));
                 act.servers = servers;

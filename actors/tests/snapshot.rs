@@ -492,7 +492,12 @@ async fn bookkeeping_and_registration_checks() {
         .await
         .unwrap()
         .get(0);
-    assert!(version.unwrap().starts_with("15."));
+    let remote_version: String = remote
+        .query_one("SELECT current_setting('server_version')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, Some(remote_version));
     let exts = repo
         .query(
             &format!(

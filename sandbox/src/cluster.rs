@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use tokio_postgres::{Client, NoTls};
 
 use crate::error::HarnessError;
-use crate::pgbin::{postgres_user, PgBin};
+use crate::pgbin::PgBin;
 
 /// How a cluster is set up.
 #[derive(Debug, Clone)]
@@ -103,7 +103,7 @@ impl Cluster {
             .prefix("powa-fleet-pg-")
             .tempdir()
             .map_err(|e| HarnessError::io("creating a cluster directory", e))?;
-        if let Some((uid, gid)) = postgres_user() {
+        if let Some((uid, gid)) = bin.postgres_user() {
             nix::unistd::chown(
                 dir.path(),
                 Some(nix::unistd::Uid::from_raw(uid)),
@@ -147,7 +147,7 @@ impl Cluster {
             ));
         }
         if let Some(tls) = &opts.tls {
-            conf.extend(write_tls_files(&data, tls)?);
+            conf.extend(write_tls_files(&bin, &data, tls)?);
         }
         conf.extend(opts.extra_conf.iter().cloned());
         append(&data.join("postgresql.conf"), &conf.join("\n"))?;
@@ -254,8 +254,7 @@ impl Cluster {
 
     /// Run SQL with psql (blocking); returns the unaligned, tuples-only output.
     pub fn psql(&self, dbname: &str, sql: &str) -> Result<String, HarnessError> {
-        let psql = self.bin.path("psql");
-        let mut child = Command::new(if psql.exists() { psql } else { "psql".into() })
+        let mut child = Command::new(self.bin.psql())
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
             .args([
                 "-h",
@@ -376,7 +375,7 @@ impl Cluster {
 
 /// Server certificate files in the data directory, owned by the server's
 /// user with the permissions PostgreSQL demands; the settings naming them.
-fn write_tls_files(data: &Path, tls: &ServerTls) -> Result<Vec<String>, HarnessError> {
+fn write_tls_files(bin: &PgBin, data: &Path, tls: &ServerTls) -> Result<Vec<String>, HarnessError> {
     use std::os::unix::fs::PermissionsExt;
     let mut files = vec![("server.crt", &tls.cert_pem), ("server.key", &tls.key_pem)];
     if let Some(ca) = &tls.client_ca_pem {
@@ -387,7 +386,7 @@ fn write_tls_files(data: &Path, tls: &ServerTls) -> Result<Vec<String>, HarnessE
         std::fs::write(&path, text)
             .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)))
             .map_err(|e| HarnessError::io(format!("writing {}", path.display()), e))?;
-        if let Some((uid, gid)) = postgres_user() {
+        if let Some((uid, gid)) = bin.postgres_user() {
             nix::unistd::chown(
                 &path,
                 Some(nix::unistd::Uid::from_raw(uid)),

@@ -74,59 +74,65 @@ fn set_param(params: &mut SslParams, key: &str, value: String) {
 pub fn take_ssl_params(dsn: &str) -> Result<(String, SslParams), String> {
     let trimmed = dsn.trim_start();
     if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
-        Ok(take_from_uri(dsn))
+        take_from_uri(dsn)
     } else {
         take_from_key_value(dsn)
     }
 }
 
-fn take_from_uri(dsn: &str) -> (String, SslParams) {
+fn take_from_uri(dsn: &str) -> Result<(String, SslParams), String> {
     let mut params = SslParams::default();
     let Some((head, query)) = dsn.split_once('?') else {
-        return (dsn.to_string(), params);
+        return Ok((dsn.to_string(), params));
     };
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let key = percent_decode(key);
-            if SSL_KEYS.contains(&key.as_str()) {
-                set_param(&mut params, &key, percent_decode(value));
-                false
-            } else {
-                true
-            }
-        })
-        .collect();
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = percent_decode(key, "a query parameter name")?;
+        if SSL_KEYS.contains(&key.as_str()) {
+            let value = percent_decode(value, &format!("the value of \"{key}\""))?;
+            set_param(&mut params, &key, value);
+        } else {
+            kept.push(pair);
+        }
+    }
     let rest = if kept.is_empty() {
         head.to_string()
     } else {
         format!("{head}?{}", kept.join("&"))
     };
-    (rest, params)
+    Ok((rest, params))
 }
 
-fn percent_decode(text: &str) -> String {
+/// libpq's URI decoding: every `%` starts two hex digits, `%00` is
+/// refused, the result must be UTF-8. The `percent-encoding` crate decodes
+/// but lets malformed escapes through, hence the check first. Errors say
+/// where, never the text (it could be a password).
+fn percent_decode(text: &str, what: &str) -> Result<String, String> {
     let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(byte) = u8::from_str_radix(text.get(i + 1..i + 3).unwrap_or(""), 16) {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
+    for (i, _) in text.match_indices('%') {
+        let hex = bytes.get(i + 1..i + 3);
+        if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+            return Err(format!(
+                "invalid percent-encoding in {what}: \"%\" must be followed by two hex digits"
+            ));
         }
-        out.push(bytes[i]);
-        i += 1;
+        if hex == Some(b"00") {
+            return Err(format!(
+                "invalid percent-encoding in {what}: %00 is not allowed"
+            ));
+        }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map(|decoded| decoded.into_owned())
+        .map_err(|_| format!("invalid percent-encoding in {what}: not UTF-8 once decoded"))
 }
 
 fn take_from_key_value(dsn: &str) -> Result<(String, SslParams), String> {
     let mut params = SslParams::default();
     let mut kept = Vec::new();
+    let mut last_key: Option<String> = None;
     let mut chars = dsn.chars().peekable();
     loop {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
@@ -139,7 +145,21 @@ fn take_from_key_value(dsn: &str) -> Result<(String, SslParams), String> {
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
-            return Err(format!("missing \"=\" after \"{key}\""));
+            // After a pair, the word may be the rest of a value that
+            // needed quotes (`password=a b`): never quote it.
+            return Err(match &last_key {
+                None => format!("missing \"=\" after \"{key}\""),
+                Some(last) => format!(
+                    "missing \"=\" in the word after the value of \"{last}\" \
+                     (a value with spaces must be quoted)"
+                ),
+            });
+        }
+        if key.is_empty() {
+            return Err(match &last_key {
+                None => "missing key before \"=\"".to_string(),
+                Some(last) => format!("missing key before \"=\" after the value of \"{last}\""),
+            });
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let mut value = String::new();
@@ -172,6 +192,7 @@ fn take_from_key_value(dsn: &str) -> Result<(String, SslParams), String> {
             let quoted = value.replace('\\', "\\\\").replace('\'', "\\'");
             kept.push(format!("{key}='{quoted}'"));
         }
+        last_key = Some(key);
     }
     Ok((kept.join(" "), params))
 }
@@ -217,6 +238,32 @@ mod tests {
         let err = take_ssl_params("host=db password='hunter2").unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
         assert!(err.contains("password"), "{err}");
+    }
+
+    #[test]
+    fn errors_never_quote_the_rest_of_an_unquoted_value() {
+        let err = take_ssl_params("host=db password=hunter2 secret2 user=u").unwrap_err();
+        assert!(!err.contains("secret2"), "{err}");
+        assert!(err.contains("password") && err.contains("quoted"), "{err}");
+        let err = take_ssl_params("host=db ='x'").unwrap_err();
+        assert!(err.contains("missing key"), "{err}");
+    }
+
+    #[test]
+    fn uri_percent_encoding_is_checked() {
+        for (uri, what) in [
+            ("postgresql://h/d?sslrootcert=%2", "two hex digits"),
+            ("postgresql://h/d?sslrootcert=%+1", "two hex digits"),
+            ("postgresql://h/d?sslrootcert=%zz", "two hex digits"),
+            ("postgresql://h/d?sslcert=a%00b", "%00"),
+            ("postgresql://h/d?sslkey=%ff", "UTF-8"),
+            ("postgresql://h/d?ssl%4", "name"),
+        ] {
+            let err = take_ssl_params(uri).unwrap_err();
+            assert!(err.contains(what), "{uri}: {err}");
+        }
+        let (_, params) = take_ssl_params("postgresql://h/d?sslkey=%C3%A9t%C3%A9").unwrap();
+        assert_eq!(params.key.as_deref(), Some("été"));
     }
 
     #[test]

@@ -12,6 +12,6 @@ pub mod daemon;
 pub mod reference;
 pub mod simfleet;
 
-pub use powa_fleet_sandbox::{cluster, error, fleet, pgbin, workload};
+pub use powa_fleet_sandbox::{cluster, error, fleet, pgbin, stack, workload};
 pub use powa_fleet_sandbox::{require_binaries, Cluster, ClusterOptions, Fleet, HarnessError};
-pub use powa_fleet_sandbox::{PgBin, ServerTls};
+pub use powa_fleet_sandbox::{PgBin, ServerTls, Stack};
