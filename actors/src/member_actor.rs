@@ -28,6 +28,11 @@ use crate::server::SrvId;
 use crate::settings::Settings;
 use crate::supervisor::{Own, Release, Supervisor};
 
+/// How long a heartbeat (or the set-up after connecting) may take.
+const BEAT_DEADLINE: Duration = Duration::from_secs(5);
+/// Servers claimed at most per heartbeat (one round trip each).
+const CLAIMS_PER_BEAT: usize = 1000;
+
 /// The servers registered in the repository (sent after every reload).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -123,14 +128,20 @@ impl MemberActor {
         self.busy = true;
         let settings = self.settings.clone();
         let role = format!("{MEMBER_ROLE}{}", self.view.get().name);
+        let deadline = settings.connect_timeout + BEAT_DEADLINE;
         let fut = async move {
-            let session = connect_repository(&settings, &role)
+            let join = async {
+                let session = connect_repository(&settings, &role)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let facts = membership::prepare_session(&session.client)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>((session.client, facts))
+            };
+            tokio::time::timeout(deadline, join)
                 .await
-                .map_err(|e| e.to_string())?;
-            let facts = membership::prepare_session(&session.client)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((session.client, facts))
+                .unwrap_or_else(|_| Err("the repository is not answering".to_string()))
         };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
             act.busy = false;
@@ -160,7 +171,7 @@ impl MemberActor {
         let srvids = self.srvids.clone();
         let releasing = self.releasing.clone();
         let running = self.running.clone();
-        let fut = async move {
+        let beat = async move {
             let members = membership::live_members(&*client).await?;
             let leader = view.leader || membership::try_lead(&client).await?;
             let wanted: BTreeSet<SrvId> = if members.iter().any(|m| m.pid == me) {
@@ -170,7 +181,9 @@ impl MemberActor {
                 BTreeSet::new()
             };
             let mut claimed = Vec::new();
-            for &srvid in wanted.difference(&view.owned) {
+            // A bounded number per beat, so that a beat stays well within
+            // its deadline on a fleet of thousands; the rest come next beat.
+            for &srvid in wanted.difference(&view.owned).take(CLAIMS_PER_BEAT) {
                 if membership::try_claim(&client, srvid).await? {
                     claimed.push(srvid);
                 }
@@ -189,11 +202,22 @@ impl MemberActor {
                 to_release,
             })
         };
+        // A repository that stops answering must not keep the member
+        // believing it is one: past the deadline the session is given up.
+        let fut = async move {
+            match tokio::time::timeout(BEAT_DEADLINE, beat).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err(format!(
+                    "the heartbeat got no answer within {}s",
+                    BEAT_DEADLINE.as_secs()
+                )),
+            }
+        };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
             act.busy = false;
             match result {
                 Ok(beat) => act.apply(beat, ctx),
-                Err(e) => act.lost(&e.to_string()),
+                Err(e) => act.lost(&e),
             }
         }));
     }

@@ -880,7 +880,16 @@ impl Handler<Refresh> for SnapshotActor {
         });
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
             match result {
-                Ok(remote) => act.life.work_ended(Some(remote)),
+                Ok(remote) => {
+                    act.life.work_ended(Some(remote));
+                    // A snapshot that fell due during the bookkeeping was
+                    // ignored and its timer is gone: take it now.
+                    if act.timer.is_none() && !act.life.stopping() {
+                        if let Some(due) = act.due {
+                            act.arm(due, ctx);
+                        }
+                    }
+                }
                 Err(failure) => {
                     act.life.work_ended(None);
                     act.fail(failure.kind, failure.repository, failure.reason, ctx)
