@@ -14,11 +14,12 @@
 //! snapshots of a server are never closer than `min_gap`.
 //!
 //! The fleet-wide limit on snapshots in flight is enforced here too: a
-//! snapshot's transaction first takes one of `slots` transaction-level
-//! advisory locks (released by its commit or rollback, whatever happens
-//! to the member), polling when all are taken; forced snapshots, then the
-//! snapshots that waited longest, poll more often, so they tend to get the
-//! next free slot first.
+//! snapshot first takes one of `slots` advisory locks with its session,
+//! polling when all are taken (forced snapshots, then those that waited
+//! longest, poll more often, so they tend to get the next free slot
+//! first), then opens its transaction and moves the lock to it, so that
+//! its commit or rollback frees the slot whatever happens to the member,
+//! and the snapshot's time (its transaction's start) lies inside its slot.
 
 use std::time::Duration;
 
@@ -62,21 +63,45 @@ impl Fence {
     }
 }
 
-/// Take a free fleet-wide slot for this transaction; false when all are
-/// taken.
-pub async fn try_slot(
-    tx: &impl GenericClient,
-    slots: usize,
-) -> Result<bool, tokio_postgres::Error> {
-    let slots = i32::try_from(slots.max(1)).unwrap_or(i32::MAX);
-    // The LIMIT stops at the first lock taken: at most one per snapshot.
-    let row = tx
-        .query_opt(
-            "SELECT k FROM pg_catalog.generate_series(0, $2 - 1) k              WHERE pg_catalog.pg_try_advisory_xact_lock($1, k) LIMIT 1",
-            &[&SLOT_SPACE, &slots],
-        )
+/// Wait for a free fleet-wide slot, taken by the session (outside any
+/// transaction); its number. Session-level slots left by an earlier use of
+/// this pooled session (a snapshot cut off between the two steps) are
+/// released first: a pooled session holds no other advisory lock.
+pub async fn wait_for_slot(
+    client: &tokio_postgres::Client,
+    fence: &Fence,
+) -> Result<i32, tokio_postgres::Error> {
+    client
+        .execute("SELECT pg_catalog.pg_advisory_unlock_all()", &[])
         .await?;
-    Ok(row.is_some())
+    let slots = i32::try_from(fence.slots.max(1)).unwrap_or(i32::MAX);
+    let mut attempts = 0;
+    loop {
+        // The LIMIT stops at the first lock taken: one slot per snapshot.
+        let row = client
+            .query_opt(
+                "SELECT k FROM pg_catalog.generate_series(0, $2 - 1) k \
+                 WHERE pg_catalog.pg_try_advisory_lock($1, k) LIMIT 1",
+                &[&SLOT_SPACE, &slots],
+            )
+            .await?;
+        if let Some(row) = row {
+            return Ok(row.get(0));
+        }
+        tokio::time::sleep(fence.slot_poll(attempts)).await;
+        attempts += 1;
+    }
+}
+
+/// Move the slot from the session to the transaction: from now on its
+/// commit or rollback frees it, whatever happens to the member.
+pub async fn hand_slot_to(tx: &impl GenericClient, slot: i32) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "SELECT pg_catalog.pg_advisory_xact_lock($1, $2), pg_catalog.pg_advisory_unlock($1, $2)",
+        &[&SLOT_SPACE, &slot],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Why a snapshot was not written (nothing of it is committed).

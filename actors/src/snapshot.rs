@@ -120,26 +120,25 @@ pub async fn take_snapshot(
     let remote_silence = job.remote_silence;
     let layout = job.repository;
     let mut report = SnapshotReport::default();
-    let mut attempts = 0;
-    let mut repo_tx = loop {
-        let tx = repo_client
-            .transaction()
-            .await
-            .map_err(repo("opening the transaction"))?;
-        let Some(fence) = &job.fence else { break tx };
-        if fencing::try_slot(&tx, fence.slots)
-            .await
-            .map_err(repo("taking a fleet-wide slot"))?
-        {
-            break tx;
-        }
-        // A fresh transaction per attempt: its start is the snapshot's time.
-        tx.rollback()
-            .await
-            .map_err(repo("waiting for a fleet-wide slot"))?;
-        tokio::time::sleep(fence.slot_poll(attempts)).await;
-        attempts += 1;
+    // The fleet-wide slot is taken before the transaction starts, so the
+    // snapshot's time (its transaction's start) is inside its slot.
+    let slot = match &job.fence {
+        Some(fence) => Some(
+            fencing::wait_for_slot(repo_client, fence)
+                .await
+                .map_err(repo("waiting for a fleet-wide slot"))?,
+        ),
+        None => None,
     };
+    let mut repo_tx = repo_client
+        .transaction()
+        .await
+        .map_err(repo("opening the transaction"))?;
+    if let Some(slot) = slot {
+        fencing::hand_slot_to(&repo_tx, slot)
+            .await
+            .map_err(repo("taking a fleet-wide slot"))?;
+    }
     if let Some(fence) = &job.fence {
         if let Some(refusal) = fencing::enter(&repo_tx, layout, srvid, fence)
             .await
