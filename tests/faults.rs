@@ -533,7 +533,7 @@ async fn a_commit_cut_off_after_it_went_through_is_not_called_aborted() {
 async fn terminate_listener(repo: &Client) -> i64 {
     repo.query_one(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE application_name = 'powa-fleet: listener'",
+         WHERE application_name LIKE 'PoWA collector - main thread (%'",
         &[],
     )
     .await
