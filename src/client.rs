@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures_util::stream::poll_fn;
 use futures_util::StreamExt;
 use powa_fleet_actors::connect::prepare_repository;
+use powa_fleet_actors::membership::{roster, Roster};
 use powa_fleet_actors::protocol::{
     Answer, Command, CommandKind, FleetPart, ReplyTo, Request, Status, LISTEN_CHANNEL,
 };
@@ -28,6 +29,9 @@ enum Outcome {
     Answer {
         status: Status,
         data: Vec<String>,
+        /// FLEET_STATUS: the members and who collects what, read from the
+        /// repository once the answer is in.
+        roster: Option<Roster>,
     },
     NoAnswer,
 }
@@ -89,10 +93,16 @@ async fn ask(settings: &Settings, command: Command, timeout: Duration) -> Result
         match counted {
             Some((_, parts)) if collected.len() < parts => continue,
             _ => {
+                let roster = if kind == CommandKind::FleetStatus {
+                    roster(&client).await.ok()
+                } else {
+                    None
+                };
                 return Ok(Outcome::Answer {
                     status,
                     data: collected,
-                })
+                    roster,
+                });
             }
         }
     }
@@ -102,7 +112,7 @@ fn run(
     settings: &Settings,
     command: Command,
     timeout: f64,
-    show: impl FnOnce(&[String]),
+    show: impl FnOnce(&[String], Option<&Roster>),
 ) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -132,11 +142,12 @@ fn run(
         Ok(Outcome::Answer {
             status: Status::Ok,
             data,
+            roster,
         }) => {
-            show(&data);
+            show(&data, roster.as_ref());
             ExitCode::SUCCESS
         }
-        Ok(Outcome::Answer { status, data }) => {
+        Ok(Outcome::Answer { status, data, .. }) => {
             let hint = if status == Status::Unknown {
                 " (the collector is not powa-fleet?)"
             } else {
@@ -155,20 +166,58 @@ fn run(
 /// in as many parts as needed (WORKERS_STATUS, what powa-web asks, must fit
 /// in one payload).
 pub fn status(settings: &Settings, srvid: Option<i32>, json: bool, timeout: f64) -> ExitCode {
-    run(settings, Command::FleetStatus { srvid }, timeout, |parts| {
-        let mut workers: Vec<serde_json::Value> = Vec::new();
-        for part in parts {
-            let array = FleetPart::parse(part).map_or("[]", |p| p.items);
-            if let Ok(serde_json::Value::Array(items)) = serde_json::from_str(array) {
-                workers.extend(items);
+    run(
+        settings,
+        Command::FleetStatus { srvid },
+        timeout,
+        |parts, roster| {
+            let mut workers: Vec<serde_json::Value> = Vec::new();
+            for part in parts {
+                let array = FleetPart::parse(part).map_or("[]", |p| p.items);
+                if let Ok(serde_json::Value::Array(items)) = serde_json::from_str(array) {
+                    workers.extend(items);
+                }
             }
-        }
-        if json {
-            println!("{}", serde_json::Value::Array(workers));
-            return;
-        }
-        print_table(&workers);
-    })
+            // Which member collects each server.
+            if let Some(roster) = roster {
+                for w in &mut workers {
+                    let member = w["srvid"]
+                        .as_i64()
+                        .and_then(|id| i32::try_from(id).ok())
+                        .and_then(|id| roster.member_of(id));
+                    if let Some(object) = w.as_object_mut() {
+                        object.insert("member".into(), member.into());
+                    }
+                }
+            }
+            if json {
+                println!("{}", serde_json::Value::Array(workers));
+                return;
+            }
+            print_table(&workers);
+            if let Some(roster) = roster {
+                print_members(roster);
+            }
+        },
+    )
+}
+
+fn print_members(roster: &Roster) {
+    println!();
+    println!("{:<40} {:>8} {:>8}  ROLE", "MEMBER", "PID", "SERVERS");
+    for m in &roster.members {
+        let role = if roster.leader == Some(m.pid) {
+            "leader"
+        } else {
+            ""
+        };
+        println!(
+            "{:<40} {:>8} {:>8}  {role}",
+            m.name,
+            m.pid,
+            roster.count_of(m)
+        );
+    }
 }
 
 fn print_table(workers: &[serde_json::Value]) {
@@ -184,8 +233,18 @@ fn print_table(workers: &[serde_json::Value]) {
         None => "-".to_string(),
     };
     println!(
-        "{:>6}  {:<24} {:<32} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>4}  LAST ERROR",
-        "SRVID", "NAME", "STATE", "SNAPSHOT", "SECONDS", "LAG", "ROWS", "NEXT", "RESTARTS", "TLS"
+        "{:>6}  {:<24} {:<32} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>4}  {:<20} LAST ERROR",
+        "SRVID",
+        "NAME",
+        "STATE",
+        "SNAPSHOT",
+        "SECONDS",
+        "LAG",
+        "ROWS",
+        "NEXT",
+        "RESTARTS",
+        "TLS",
+        "MEMBER"
     );
     for w in workers {
         let text = |key: &str| w[key].as_str().unwrap_or_default().to_string();
@@ -200,7 +259,7 @@ fn print_table(workers: &[serde_json::Value]) {
             None => "-",
         };
         println!(
-            "{:>6}  {:<24} {:<32} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>4}  {}",
+            "{:>6}  {:<24} {:<32} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>4}  {:<20} {}",
             w["srvid"],
             text("name"),
             text("state"),
@@ -215,13 +274,16 @@ fn print_table(workers: &[serde_json::Value]) {
             due(&w["next_due"]),
             w["restarts"],
             tls,
+            w["member"].as_str().unwrap_or("-"),
             error
         );
     }
 }
 
 pub fn reload(settings: &Settings, timeout: f64) -> ExitCode {
-    run(settings, Command::Reload, timeout, |_| println!("reloaded"))
+    run(settings, Command::Reload, timeout, |_, _| {
+        println!("reloaded")
+    })
 }
 
 pub fn snapshot(settings: &Settings, srvid: i32, timeout: f64) -> ExitCode {
@@ -229,6 +291,6 @@ pub fn snapshot(settings: &Settings, srvid: i32, timeout: f64) -> ExitCode {
         settings,
         Command::ForceSnapshot { srvid },
         timeout,
-        |data| println!("{}", data.join(" ")),
+        |data, _| println!("{}", data.join(" ")),
     )
 }

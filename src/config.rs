@@ -97,6 +97,8 @@ pub struct Config {
     pub shutdown: ShutdownSection,
     #[serde(default)]
     pub http: HttpSection,
+    #[serde(default)]
+    pub member: MemberSection,
 }
 
 /// The HTTP endpoint (`/metrics`, `/healthz`, `/readyz`), off unless
@@ -114,6 +116,15 @@ impl HttpSection {
     pub fn address(&self) -> Option<std::net::SocketAddr> {
         self.listen.as_deref().and_then(|l| l.parse().ok())
     }
+}
+
+/// This collector among the others sharing the repository.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSection {
+    /// Shown in `application_name` and status; default host name and pid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -608,6 +619,9 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
             running.snapshots.max_concurrent
         ));
     }
+    if new.member != running.member {
+        names.push("member.name".to_string());
+    }
     names
 }
 
@@ -638,6 +652,7 @@ impl Loaded {
             backoff_max: secs(c.restart.backoff_max),
             shutdown_grace: secs(c.shutdown.grace),
             worker_threads: c.snapshots.worker_threads,
+            member_name: c.member.name.clone().filter(|n| !n.trim().is_empty()),
         }
     }
 

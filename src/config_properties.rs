@@ -129,6 +129,7 @@ fn config() -> impl Strategy<Value = Config> {
         restart,
         seconds(true),
         proptest::option::of((any::<[u8; 4]>(), 1u16..)),
+        proptest::option::of("[A-Za-z0-9:._-]{1,30}"),
     )
         .prop_map(
             |(
@@ -140,6 +141,7 @@ fn config() -> impl Strategy<Value = Config> {
                 restart,
                 grace,
                 listen,
+                member_name,
             )| {
                 Config {
                     debug,
@@ -158,6 +160,7 @@ fn config() -> impl Strategy<Value = Config> {
                         listen: listen
                             .map(|([a, b, c, d], port)| format!("{a}.{b}.{c}.{d}:{port}")),
                     },
+                    member: MemberSection { name: member_name },
                 }
             },
         )

@@ -14,6 +14,8 @@ use actix::prelude::*;
 use powa_fleet_actors::connect::connect_repository;
 use powa_fleet_actors::listener::{Listener, NewSettings};
 use powa_fleet_actors::liveness;
+use powa_fleet_actors::member_actor::{Attach, MemberActor, MemberSettings};
+use powa_fleet_actors::membership::{self, FleetView};
 use powa_fleet_actors::probes::Probes;
 use powa_fleet_actors::repository;
 use powa_fleet_actors::restart::{self, Escalation, Fatal, Guard};
@@ -73,6 +75,20 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
             logger: logger.clone(),
             escalation: Escalation::EndProcess(fatal.clone()),
         };
+        let name = settings
+            .member_name
+            .clone()
+            .unwrap_or_else(membership::default_name);
+        info!(logger, "fleet member"; "name" => &name);
+        let fleet = FleetView::new(&name);
+        let member = {
+            let settings = Arc::new(settings.clone());
+            let fleet = fleet.clone();
+            let logger = logger.clone();
+            restart::start(guard("member actor"), move |_| {
+                MemberActor::new(settings, fleet, logger)
+            })
+        };
         let status = {
             let probes = probes.clone();
             restart::start(guard("status actor"), move |_| {
@@ -114,19 +130,28 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
             }
         });
         let supervisor = {
-            let supervisor =
-                Supervisor::new(settings.clone(), reloader, status.clone(), logger.clone())
-                    .with_probes(probes.clone());
+            let supervisor = Supervisor::new(
+                settings.clone(),
+                reloader,
+                status.clone(),
+                member.clone(),
+                fleet.clone(),
+                logger.clone(),
+            )
+            .with_probes(probes.clone());
             restart::start(guard("supervisor"), move |_| supervisor)
         };
         status.do_send(ReportsFrom(supervisor.clone().recipient()));
+        member.do_send(Attach(supervisor.clone()));
         let listener = {
             let supervisor = supervisor.clone();
             let status = status.clone();
             let logger = logger.clone();
             let probes = probes.clone();
+            let fleet = fleet.clone();
             restart::start(guard("listener"), move |_| {
-                Listener::new(listener_settings, supervisor, status, logger).with_probes(probes)
+                Listener::new(listener_settings, supervisor, status, fleet, logger)
+                    .with_probes(probes)
             })
         };
         {
@@ -143,6 +168,7 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
             let listener = listener.clone();
             actix_rt::spawn(async move {
                 while let Some(settings) = settings_rx.recv().await {
+                    member.do_send(MemberSettings(settings.clone()));
                     listener.do_send(NewSettings(settings));
                 }
             });

@@ -788,13 +788,31 @@ async fn many_servers_down_at_once_do_not_flood_the_repository() {
     let watcher = fleet.repository.client("powa").await.unwrap();
 
     let mut most_sessions = 0;
+    let mut at_most = String::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::time::Instant::now() < deadline {
-        most_sessions = most_sessions.max(collector_sessions(&watcher).await);
+        let now = collector_sessions(&watcher).await;
+        if now > most_sessions {
+            most_sessions = now;
+            at_most = watcher
+                .query_one(
+                    "SELECT string_agg(application_name || ' ' || state, ', ') \
+                     FROM pg_stat_activity WHERE application_name LIKE 'powa-fleet%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, Option<String>>(0)
+                .unwrap_or_default();
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // 2 snapshots + 4 extra sessions in the pool, plus the listener.
-    assert!(most_sessions <= 7, "{most_sessions} repository sessions");
+    // 2 snapshots + 4 extra sessions in the pool, plus the listener and
+    // the membership session.
+    assert!(
+        most_sessions <= 8,
+        "{most_sessions} repository sessions: {at_most}"
+    );
     let seq = coalesce_seq(&repo, good).await;
     assert!(
         snapshots_reach(&repo, good, seq + 2, Duration::from_secs(15)).await,
@@ -861,9 +879,22 @@ async fn many_servers_down_at_once_do_not_flood_the_repository() {
         .as_str()
         .unwrap()
         .contains("could not connect"));
+    assert!(
+        workers.iter().all(|w| w["member"].is_string()),
+        "{workers:?}"
+    );
     let out = cli(&["status"]);
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 302);
+    let text = String::from_utf8_lossy(&out.stdout);
+    // A line per server under the header, then the members: this one
+    // collects all 301 and leads.
+    assert_eq!(text.lines().take_while(|l| !l.is_empty()).count(), 302);
+    let members: Vec<&str> = text.lines().skip_while(|l| !l.is_empty()).skip(2).collect();
+    assert_eq!(members.len(), 1, "{text}");
+    assert!(
+        members[0].contains(" 301 ") && members[0].ends_with("leader"),
+        "{text}"
+    );
 
     latencies.sort();
     eprintln!(

@@ -14,6 +14,7 @@ use tokio_postgres::{Client, Transaction};
 
 use crate::copy::{pipe, PipeError};
 use crate::error::{classify, pg_message, ErrorKind};
+use crate::fencing::{Fence, Fenced};
 use crate::layout::Layout;
 use crate::server::SrvId;
 
@@ -67,6 +68,10 @@ pub enum SnapshotError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The fence refused the snapshot: rolled back, nothing to report in
+    /// the repository (another member collects the server, or just did).
+    #[error("snapshot not written: {0}")]
+    Fenced(Fenced),
 }
 
 impl SnapshotError {
@@ -78,6 +83,7 @@ impl SnapshotError {
             SnapshotError::RemoteSilent { .. } | SnapshotError::CommitUnknown { .. } => {
                 ErrorKind::Connection
             }
+            SnapshotError::Fenced(_) => ErrorKind::Internal,
         }
     }
 }
@@ -134,6 +140,9 @@ pub struct Job<'a> {
     /// PoWA 5: catalogs to copy whatever their age.
     pub catalogs: &'a CatalogRefresh,
     pub open_database: &'a OpenDatabase,
+    /// What the snapshot must prove before it writes (several members);
+    /// `None` writes unconditionally (one snapshot driven by hand).
+    pub fence: Option<Fence>,
 }
 
 /// How many statements `plan` left out because the remote role cannot see

@@ -3,15 +3,19 @@
 //! modules it is built on (NOTIFY protocol, repository SQL, COPY pipeline,
 //! connections, errors). See ARCHITECTURE.md at the top of the repository.
 
+pub mod assignment;
 pub mod connect;
 pub mod copy;
 pub mod error;
 pub mod fault;
+pub mod fencing;
 pub mod gate;
 pub mod job;
 pub mod layout;
 pub mod listener;
 pub mod liveness;
+pub mod member_actor;
+pub mod membership;
 pub mod metrics;
 pub mod per_database;
 pub mod pgpass;

@@ -12,7 +12,7 @@
 //! requests in flight keeps a flood of notifications from growing memory.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -26,9 +26,12 @@ use crate::connect::{prepare_repository, LISTENER_ROLE};
 use crate::error::{backoff_delay, classify};
 use crate::layout::Layout;
 use crate::liveness::Component;
+use crate::membership::{self, FleetView};
 use crate::privileges::PermissionRule;
 use crate::probes::Probes;
+use crate::protocol::gather::{self, Gather, Kind, Part, GATHER_CHANNEL};
 use crate::protocol::{self, Answer, Command, Request};
+use crate::server::SrvId;
 use crate::settings::Settings;
 use crate::snapshot_actor::ForceAccepted;
 use crate::status::{Details, StatusActor, WorkersStatus};
@@ -87,6 +90,21 @@ impl Drop for Slot {
 /// The answer when the actor that does the work is gone (stopping) or was
 /// just restarted (a panic dropped the request).
 const UNAVAILABLE: &str = "The collector is stopping or restarting a part, retry later";
+/// How long a member with no leader in sight waits for one to be elected
+/// (the repository just restarted, say) before answering itself.
+const LEADER_WAIT: Duration = Duration::from_secs(3);
+
+/// How long the leader waits for the other members' workers before
+/// answering a fleet-wide request with what it has.
+const GATHER_BUDGET: Duration = Duration::from_millis(1500);
+/// How long the leader waits for the other members to acknowledge a reload.
+const RELOAD_BUDGET: Duration = Duration::from_secs(5);
+
+/// The state shown for a registered server no member collects.
+const UNCOLLECTED: &str = "waiting for a collector";
+
+/// Gatherings in flight, by id: where their parts go.
+type Pending = Rc<RefCell<HashMap<u64, tokio::sync::mpsc::UnboundedSender<Part>>>>;
 
 /// New settings after a reload (the DSN change takes effect at the next
 /// reconnection).
@@ -103,11 +121,14 @@ pub struct Listener {
     settings: Arc<Settings>,
     supervisor: Addr<Supervisor>,
     status: Addr<StatusActor>,
+    fleet: FleetView,
     logger: Logger,
     session: Option<Session>,
     failures: u32,
     in_flight: Rc<InFlight>,
     probes: Probes,
+    pending: Pending,
+    next_gather: Rc<Cell<u64>>,
 }
 
 /// The live LISTEN session.
@@ -116,6 +137,8 @@ struct Session {
     client: Rc<Client>,
     /// The permission check of [`PermissionRule::sql`], built once.
     permission_sql: Rc<str>,
+    /// Where the other members send this member's gatherings.
+    reply_channel: Rc<str>,
 }
 
 impl Listener {
@@ -123,17 +146,21 @@ impl Listener {
         settings: Arc<Settings>,
         supervisor: Addr<Supervisor>,
         status: Addr<StatusActor>,
+        fleet: FleetView,
         logger: Logger,
     ) -> Listener {
         Listener {
             settings,
             supervisor,
             status,
+            fleet,
             logger: logger.new(slog::o!("actor" => "listener")),
             session: None,
             failures: 0,
             in_flight: Rc::default(),
             probes: Probes::default(),
+            pending: Pending::default(),
+            next_gather: Rc::new(Cell::new(1)),
         }
     }
 
@@ -250,7 +277,18 @@ impl Handler<Connect> for Listener {
                         )
                         .await?;
                     let layout = Layout::read(&setup).await?;
-                    Ok::<_, tokio_postgres::Error>(PermissionRule::new(row.get(0), &layout))
+                    let pid: i32 = setup
+                        .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+                        .await?
+                        .get(0);
+                    let reply_channel = gather::reply_channel(pid);
+                    setup
+                        .batch_execute(&format!("LISTEN {GATHER_CHANNEL}; LISTEN {reply_channel}"))
+                        .await?;
+                    Ok::<_, tokio_postgres::Error>((
+                        PermissionRule::new(row.get(0), &layout),
+                        reply_channel,
+                    ))
             };
             ctx.spawn(
                 async move {
@@ -264,13 +302,14 @@ impl Handler<Connect> for Listener {
                 }
                 .into_actor(act)
                 .map(move |result, act, ctx| match result {
-                    Ok(rule) => {
+                    Ok((rule, reply_channel)) => {
                         info!(act.logger, "listening for commands"; "channel" => protocol::LISTEN_CHANNEL);
                         act.probes.readiness.set_repository(true);
                         act.probes.readiness.set_listening(true);
                         act.session = Some(Session {
                             client,
                             permission_sql: rule.sql().into(),
+                            reply_channel: reply_channel.into(),
                         });
                         act.failures = 0;
                     }
@@ -314,12 +353,24 @@ impl StreamHandler<Result<AsyncMessage, tokio_postgres::Error>> for Listener {
 
 impl Listener {
     fn on_notification(&mut self, n: Notification, ctx: &mut Context<Self>) {
-        if n.channel() != protocol::LISTEN_CHANNEL {
-            return;
-        }
         let Some(session) = self.session.clone() else {
             return;
         };
+        if n.channel() == GATHER_CHANNEL {
+            self.on_gather(&session, n.payload(), ctx);
+            return;
+        }
+        if n.channel() == &*session.reply_channel {
+            if let Some(part) = gather::parse_part(n.payload()) {
+                if let Some(tx) = self.pending.borrow().get(&part.id) {
+                    let _ = tx.send(part);
+                }
+            }
+            return;
+        }
+        if n.channel() != protocol::LISTEN_CHANNEL {
+            return;
+        }
         let sender_pid = n.process_id();
         let (request, answer_now) = match protocol::parse(n.payload()) {
             Ok(request) => {
@@ -354,16 +405,22 @@ impl Listener {
         if let Some((channel, answer)) = answer_now {
             // Counted and checked like a command: any role that can
             // connect may NOTIFY us, and must not make us NOTIFY at will.
+            // Every member got it: the leader answers.
+            let fleet = self.fleet.clone();
             let logger = self.logger.clone();
             ctx.spawn(
                 async move {
-                    match permitted(&session, sender_pid).await {
-                        Ok(true) => send_answer(&session.client, &channel, &answer, &logger).await,
-                        Ok(false) => {
-                            debug!(logger, "invalid command from a role without permission: \
-                                not answered"; "sender_pid" => sender_pid)
+                    if answers_here(&session, &fleet, None).await {
+                        match permitted(&session, sender_pid).await {
+                            Ok(true) => {
+                                send_answer(&session.client, &channel, &answer, &logger).await
+                            }
+                            Ok(false) => {
+                                debug!(logger, "invalid command from a role without permission: \
+                                    not answered"; "sender_pid" => sender_pid)
+                            }
+                            Err(e) => warn!(logger, "permission check failed"; "error" => %e),
                         }
-                        Err(e) => warn!(logger, "permission check failed"; "error" => %e),
                     }
                     drop(slot);
                 }
@@ -376,14 +433,29 @@ impl Listener {
         let status = self.status.clone();
         let logger = self.logger.clone();
         let metrics = self.probes.metrics.clone();
+        let fleet = self.fleet.clone();
+        let gatherer = Gatherer {
+            fleet: fleet.clone(),
+            pending: self.pending.clone(),
+            next: self.next_gather.clone(),
+        };
         ctx.spawn(
             async move {
+                // Every member receives every request; one answers it.
+                let answering = answers_here(&session, &fleet, request.command.srvid()).await;
+                if !answering {
+                    // RELOAD included: the leader asks every member to
+                    // reload and answers once they acknowledged.
+                    drop(slot);
+                    return;
+                }
                 let answers = execute(
                     &session,
                     sender_pid,
                     &request,
                     &supervisor,
                     &status,
+                    &gatherer,
                     &logger,
                 )
                 .await;
@@ -402,6 +474,55 @@ impl Listener {
         );
     }
 
+    /// Another member's leader asks for this member's workers.
+    fn on_gather(&mut self, session: &Session, payload: &str, ctx: &mut Context<Self>) {
+        let Some(request) = Gather::parse(payload) else {
+            return;
+        };
+        if request.reply_to == *session.reply_channel {
+            // Our own request: the leader has its workers at hand.
+            return;
+        }
+        let Some(member_pid) = self.fleet.pid() else {
+            return;
+        };
+        let status = self.status.clone();
+        let supervisor = self.supervisor.clone();
+        let client = session.client.clone();
+        let logger = self.logger.clone();
+        ctx.spawn(
+            async move {
+                let entries = if request.kind == Kind::Reload {
+                    info!(logger, "reloading, as the leader asks");
+                    let outcome = match supervisor.send(Reload).await {
+                        Ok(Ok(_)) => gather::RELOADED.to_string(),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "the collector is stopping".to_string(),
+                    };
+                    vec![(0, outcome)]
+                } else {
+                    match local_entries(&status, request.kind).await {
+                        Ok(entries) => entries,
+                        Err(_) => return,
+                    }
+                };
+                for part in gather::encode_parts(request.id, member_pid, &entries) {
+                    if let Err(e) = client
+                        .execute(
+                            "SELECT pg_catalog.pg_notify($1, $2)",
+                            &[&request.reply_to, &part],
+                        )
+                        .await
+                    {
+                        warn!(logger, "could not send workers to the leader"; "error" => %e);
+                        return;
+                    }
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
     fn spawn_answer(
         &self,
         session: Session,
@@ -414,6 +535,189 @@ impl Listener {
             async move { send_answer(&session.client, &channel, &answer, &logger).await }
                 .into_actor(self),
         );
+    }
+}
+
+/// One member's answer to a gathering so far: (parts received, parts in
+/// all, entries).
+type Received = (usize, usize, Vec<(SrvId, String)>);
+
+/// What the leader needs to gather the other members' workers.
+struct Gatherer {
+    fleet: FleetView,
+    pending: Pending,
+    next: Rc<Cell<u64>>,
+}
+
+/// This member's entries for a gathering: (srvid, state or item).
+async fn local_entries(
+    status: &Addr<StatusActor>,
+    kind: Kind,
+) -> Result<Vec<(SrvId, String)>, MailboxError> {
+    Ok(match kind {
+        Kind::Reload => Vec::new(),
+        Kind::Workers => status.send(WorkersStatus { wanted: None }).await?,
+        Kind::Fleet => {
+            let now = SystemTime::now();
+            status
+                .send(Details { wanted: None })
+                .await?
+                .iter()
+                .map(|r| (r.srvid, protocol::fleet_item(r, now)))
+                .collect()
+        }
+    })
+}
+
+impl Gatherer {
+    /// The other members' entries, by member pid, from those whose every
+    /// part arrived within `budget`; and the members that did not answer.
+    async fn others(
+        &self,
+        session: &Session,
+        kind: Kind,
+        budget: Duration,
+    ) -> (BTreeMap<i32, Vec<(SrvId, String)>>, Vec<String>) {
+        let view = self.fleet.get();
+        let others: Vec<&crate::assignment::Member> = view
+            .members
+            .iter()
+            .filter(|m| Some(m.pid) != view.pid)
+            .collect();
+        if others.is_empty() {
+            return (BTreeMap::new(), Vec::new());
+        }
+        let id = self.next.get();
+        self.next.set(id + 1);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        self.pending.borrow_mut().insert(id, tx);
+        let request = Gather {
+            kind,
+            reply_to: session.reply_channel.to_string(),
+            id,
+        };
+        let mut got: BTreeMap<i32, Received> = BTreeMap::new();
+        let sent = session
+            .client
+            .execute(
+                "SELECT pg_catalog.pg_notify($1, $2)",
+                &[&GATHER_CHANNEL, &request.encode()],
+            )
+            .await;
+        let done = |got: &BTreeMap<i32, Received>, pid: i32| {
+            got.get(&pid).is_some_and(|(n, total, _)| n == total)
+        };
+        if sent.is_ok() {
+            let deadline = tokio::time::Instant::now() + budget;
+            while !others.iter().all(|m| done(&got, m.pid)) {
+                let Ok(Some(part)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+                    break;
+                };
+                let entry = got
+                    .entry(part.member_pid)
+                    .or_insert((0, part.total, vec![]));
+                entry.0 += 1;
+                entry.2.extend(part.entries);
+            }
+        }
+        self.pending.borrow_mut().remove(&id);
+        let missing = others
+            .iter()
+            .filter(|m| !done(&got, m.pid))
+            .map(|m| m.name.clone())
+            .collect();
+        let complete = got
+            .into_iter()
+            .filter(|(_, (n, total, _))| n == total)
+            .map(|(pid, (_, _, entries))| (pid, entries))
+            .collect();
+        (complete, missing)
+    }
+
+    /// After this member's reload: every other member reloads, and the
+    /// answer names those that failed or did not acknowledge in time.
+    async fn reload_others(&self, session: &Session) -> Result<(), String> {
+        let (acks, missing) = self.others(session, Kind::Reload, RELOAD_BUDGET).await;
+        let names = self.fleet.get().members;
+        let name_of = |pid: i32| {
+            names
+                .iter()
+                .find(|m| m.pid == pid)
+                .map_or_else(|| pid.to_string(), |m| m.name.clone())
+        };
+        let mut problems: Vec<String> = acks
+            .iter()
+            .filter_map(|(pid, entries)| match entries.first() {
+                Some((_, outcome)) if outcome == gather::RELOADED => None,
+                Some((_, outcome)) => Some(format!("member {}: {outcome}", name_of(*pid))),
+                None => Some(format!("member {}: no outcome", name_of(*pid))),
+            })
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!("not acknowledged by {}", missing.join(", ")));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// This member's entries, the others', and the registered servers no
+    /// member reported (WORKERS_STATUS only).
+    async fn fleet(
+        &self,
+        session: &Session,
+        status: &Addr<StatusActor>,
+        kind: Kind,
+    ) -> Result<Vec<(SrvId, String)>, MailboxError> {
+        let mut all: BTreeMap<SrvId, String> = BTreeMap::new();
+        let (others, _) = self.others(session, kind, GATHER_BUDGET).await;
+        for (srvid, entry) in others.into_values().flatten() {
+            all.entry(srvid).or_insert(entry);
+        }
+        // Ours last: on a server being handed over, the owner's word wins.
+        all.extend(local_entries(status, kind).await?);
+        if kind == Kind::Workers {
+            for srvid in self.fleet.get().known {
+                all.entry(srvid).or_insert_with(|| UNCOLLECTED.to_string());
+            }
+        }
+        Ok(all.into_iter().collect())
+    }
+}
+
+/// Whether this member answers a request about `srvid` (`None`: about
+/// the fleet): the owner of a server answers for it; the leader answers
+/// for the fleet and for servers no member holds. Without a leader in
+/// sight (all members reconnecting) a member waits for one, then answers
+/// itself rather than leave the client without an answer.
+async fn answers_here(session: &Session, fleet: &FleetView, srvid: Option<SrvId>) -> bool {
+    if let Some(srvid) = srvid {
+        if fleet.owns(srvid) {
+            return true;
+        }
+        match membership::server_holders(&*session.client).await {
+            Ok(held) if held.iter().any(|(s, _)| *s == srvid) => return false,
+            Ok(_) => {}
+            // Cannot tell: let the leader rule decide.
+            Err(_) => {}
+        }
+    }
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    loop {
+        if fleet.is_leader() {
+            return true;
+        }
+        if let Ok(Some(pid)) = membership::leader(&*session.client).await {
+            if Some(pid) != fleet.pid() {
+                return false;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -437,12 +741,35 @@ async fn execute(
     request: &Request,
     supervisor: &Addr<Supervisor>,
     status: &Addr<StatusActor>,
+    gatherer: &Gatherer,
     logger: &Logger,
 ) -> Vec<Answer> {
     if let Err(refused) = check(session, sender_pid, request, logger).await {
         return vec![refused];
     }
     info!(logger, "command received"; "command" => request.command.kind().as_str(), "sender_pid" => sender_pid);
+    // Fleet-wide requests: the leader answers for every member.
+    match &request.command {
+        Command::WorkersStatus { srvid: None } => {
+            return vec![match gatherer.fleet(session, status, Kind::Workers).await {
+                Ok(states) => protocol::workers_status(&states, None),
+                Err(_) => Answer::error(request.command.kind(), "The collector is stopping"),
+            }];
+        }
+        Command::FleetStatus { srvid: None } => {
+            return match gatherer.fleet(session, status, Kind::Fleet).await {
+                Ok(entries) => {
+                    let items: Vec<String> = entries.into_iter().map(|(_, item)| item).collect();
+                    protocol::fleet_status(&items)
+                }
+                Err(_) => vec![Answer::error(
+                    request.command.kind(),
+                    "The collector is stopping",
+                )],
+            };
+        }
+        _ => {}
+    }
     if let Command::FleetStatus { srvid } = &request.command {
         return match status.send(Details { wanted: *srvid }).await {
             Ok(reports) => {
@@ -455,6 +782,18 @@ async fn execute(
             }
             Err(_) => vec![Answer::error(request.command.kind(), UNAVAILABLE)],
         };
+    }
+    if let Command::Reload = &request.command {
+        let word = request.command.kind();
+        return vec![match supervisor.send(Reload).await {
+            Ok(Ok(outcome)) => match gatherer.reload_others(session).await {
+                Ok(()) if outcome.restart_needed.is_empty() => Answer::reload_done(),
+                Ok(()) => Answer::reload_done_but_restart_needed(&outcome.restart_needed),
+                Err(problems) => Answer::error(word, problems),
+            },
+            Ok(Err(e)) => Answer::error(word, e.to_string()),
+            Err(_) => Answer::error(word, UNAVAILABLE),
+        }];
     }
     vec![execute_one(request, supervisor, status).await]
 }

@@ -60,6 +60,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::report::{WorkerReport, WorkerState};
 use crate::text::truncate;
 
+pub mod gather;
+
 #[cfg(test)]
 mod both_ways;
 #[cfg(test)]
@@ -161,6 +163,15 @@ pub enum Command {
 }
 
 impl Command {
+    /// The one server the command is about, if any.
+    pub fn srvid(&self) -> Option<i32> {
+        match self {
+            Command::WorkersStatus { srvid } | Command::FleetStatus { srvid } => *srvid,
+            Command::ForceSnapshot { srvid } | Command::RefreshDbCat { srvid, .. } => Some(*srvid),
+            Command::Reload => None,
+        }
+    }
+
     pub fn kind(&self) -> CommandKind {
         match self {
             Command::Reload => CommandKind::Reload,

@@ -38,6 +38,10 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Threads the snapshot actors are spread over; 0 means one per core.
     pub worker_threads: usize,
+    /// This member's name among the collectors sharing the repository
+    /// (`application_name` of its membership session, status); `None`
+    /// means host name and process id.
+    pub member_name: Option<String>,
 }
 
 impl Default for Settings {
@@ -56,6 +60,7 @@ impl Default for Settings {
             backoff_max: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(5),
             worker_threads: 0,
+            member_name: None,
         }
     }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, Transaction};
 
 use crate::error::pg_message;
+use crate::fencing::{self, Fenced};
 use crate::job::{copy_one, is_lost, on_remote, remote, repo};
 pub use crate::job::{
     CatalogRefresh, CopyPlan, Job, OpenDatabase, SnapshotError, SnapshotReport, Step,
@@ -119,10 +120,33 @@ pub async fn take_snapshot(
     let remote_silence = job.remote_silence;
     let layout = job.repository;
     let mut report = SnapshotReport::default();
+    // The fleet-wide slot is taken before the transaction starts, so the
+    // snapshot's time (its transaction's start) is inside its slot.
+    let slot = match &job.fence {
+        Some(fence) => Some(
+            fencing::wait_for_slot(repo_client, fence)
+                .await
+                .map_err(repo("waiting for a fleet-wide slot"))?,
+        ),
+        None => None,
+    };
     let mut repo_tx = repo_client
         .transaction()
         .await
         .map_err(repo("opening the transaction"))?;
+    if let Some(slot) = slot {
+        fencing::hand_slot_to(&repo_tx, slot)
+            .await
+            .map_err(repo("taking a fleet-wide slot"))?;
+    }
+    if let Some(fence) = &job.fence {
+        if let Some(refusal) = fencing::enter(&repo_tx, layout, srvid, fence)
+            .await
+            .map_err(repo("checking the fence"))?
+        {
+            return Err(SnapshotError::Fenced(refusal));
+        }
+    }
     let (datasources, warnings) = repository::datasources(&repo_tx, layout, srvid)
         .await
         .map_err(|e| match e {
@@ -136,7 +160,7 @@ pub async fn take_snapshot(
         report
             .warnings
             .push("no enabled snapshot datasource: nothing to do".to_string());
-        repo_tx.commit().await.map_err(repo("committing"))?;
+        commit_fenced(repo_tx, job).await?;
         report.elapsed = started.elapsed();
         return Ok(report);
     }
@@ -234,6 +258,13 @@ pub async fn take_snapshot(
             .await
             .map_err(repo("recording errors"))?;
     }
+    if !fence_holds(&repo_tx, job).await? {
+        repo_tx
+            .rollback()
+            .await
+            .map_err(repo("rolling back a fenced snapshot"))?;
+        return Err(SnapshotError::Fenced(Fenced::NotOwner));
+    }
     // What this transaction leaves in coalesce_seq: how to tell, should
     // the session be lost during COMMIT, whether the snapshot is there.
     let recorded_seq = match &report.not_recorded {
@@ -281,6 +312,30 @@ pub async fn take_snapshot(
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Just before the commit: does the member still hold the server (always
+/// true without a fence)?
+async fn fence_holds(repo_tx: &Transaction<'_>, job: &Job<'_>) -> Result<bool, SnapshotError> {
+    match &job.fence {
+        None => Ok(true),
+        Some(fence) => fencing::still_holds(repo_tx, job.srvid, fence)
+            .await
+            .map_err(repo("checking the fence")),
+    }
+}
+
+/// Commit, once the fence (if any) proved the member still holds the
+/// server; otherwise roll back.
+async fn commit_fenced(repo_tx: Transaction<'_>, job: &Job<'_>) -> Result<(), SnapshotError> {
+    if !fence_holds(&repo_tx, job).await? {
+        repo_tx
+            .rollback()
+            .await
+            .map_err(repo("rolling back a fenced snapshot"))?;
+        return Err(SnapshotError::Fenced(Fenced::NotOwner));
+    }
+    repo_tx.commit().await.map_err(repo("committing"))
 }
 
 async fn cleanup_datasource(
@@ -360,6 +415,7 @@ mod tests {
             remote: &l,
             catalogs: &refresh,
             open_database: &no_database,
+            fence: None,
         };
         let plan = global_plan(
             &job,
@@ -392,6 +448,7 @@ mod tests {
             remote: &remote,
             catalogs: &refresh,
             open_database: &no_database,
+            fence: None,
         };
         let external = global_plan(
             &job,

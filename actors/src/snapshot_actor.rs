@@ -26,8 +26,10 @@ use tokio_postgres::Client;
 
 use crate::connect::{connect_remote, connect_remote_database};
 use crate::error::{backoff_delay, classify, pg_message, retry_policy, ErrorKind, Retry};
+use crate::fencing::Fence;
 use crate::gate::Gate;
 use crate::layout::{Generation, Layout};
+use crate::membership::FleetView;
 use crate::protocol;
 use crate::redact::scrub;
 use crate::repo_pool::RepoPool;
@@ -109,6 +111,8 @@ pub struct Shared {
     pub pool: RepoPool,
     pub status: Addr<StatusActor>,
     pub logger: Logger,
+    /// This member's view of the fleet: the pid that fences its snapshots.
+    pub fleet: FleetView,
 }
 
 pub struct SnapshotActor {
@@ -665,6 +669,16 @@ impl Handler<Due> for SnapshotActor {
         let catalogs = std::mem::take(&mut self.catalogs);
         let catalogs_asked = catalogs.clone();
         let open_database = self.database_opener();
+        let frequency = Duration::from_secs(self.spec.frequency.into());
+        // Never two snapshots of a server within half a period; a forced
+        // one only keeps clear of the one just taken.
+        let min_gap = if forced {
+            (frequency / 2).min(FORCE_MIN_INTERVAL / 2)
+        } else {
+            frequency / 2
+        };
+        let fleet = self.shared.fleet.clone();
+        let slots = self.settings.max_concurrent_snapshots;
         let work = guarded(async move {
             // A remote server that does not answer must not take one of the
             // fleet's snapshot slots: ask it first, outside the limit.
@@ -699,7 +713,23 @@ impl Handler<Due> for SnapshotActor {
                     |step: Step| debug!(logger, "snapshot step"; "step" => format!("{step:?}"));
                 crate::fault::before_snapshot(srvid);
                 let repo_layout = repo.layout().clone();
+                // Read after the permit: the membership session may have
+                // changed while waiting. Without one, nothing may commit.
+                let Some(member_pid) = fleet.pid() else {
+                    return Ok((
+                        remote,
+                        waited,
+                        Err(SnapshotError::Fenced(crate::fencing::Fenced::NotOwner)),
+                    ));
+                };
                 let job = Job {
+                    fence: Some(Fence {
+                        member_pid,
+                        min_gap,
+                        slots,
+                        forced,
+                        stall_limit: remote_silence + Duration::from_secs(10),
+                    }),
                     srvid,
                     remote_silence,
                     repository: &repo_layout,
@@ -720,6 +750,7 @@ impl Handler<Due> for SnapshotActor {
             let result = settle_commit(&pool, srvid, work.await, &logger).await;
             // A snapshot lost as a whole is written where powa-web shows it.
             let lost = match &result {
+                Ok((_, _, Err(SnapshotError::Fenced(_)))) => None,
                 Ok((_, _, Err(e))) => Some(e.to_string()),
                 Err(failure) if failure.record => Some(failure.reason.clone()),
                 _ => None,
@@ -778,6 +809,19 @@ impl Handler<Due> for SnapshotActor {
                             reason: act.scrub(reason),
                         },
                     };
+                    act.arm(next, ctx);
+                    act.publish();
+                }
+                Ok((remote, _, Err(SnapshotError::Fenced(why)))) => {
+                    // Not a failure: the server is (being) handed over, or
+                    // another member just took it. Keep the session and the
+                    // rhythm; the membership retires this actor if needed.
+                    act.life.work_ended(Some(remote));
+                    info!(act.logger, "snapshot not taken"; "reason" => %why);
+                    let frequency = Duration::from_secs(act.spec.frequency.into());
+                    let scheduled = act.due.unwrap_or(now);
+                    let (next, skipped) = schedule::next_due(scheduled, frequency, now);
+                    act.report.skipped += u64::from(skipped);
                     act.arm(next, ctx);
                     act.publish();
                 }

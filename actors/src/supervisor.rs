@@ -14,7 +14,7 @@
 //! addresses of snapshot actors: dropping the entry and sending `Retire`
 //! ends one for good.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,8 @@ use thiserror::Error;
 use crate::error::backoff_delay;
 use crate::gate::Gate;
 use crate::liveness::Component;
+use crate::member_actor::{MemberActor, Servers};
+use crate::membership::FleetView;
 use crate::probes::Probes;
 use crate::repo_pool::RepoPool;
 use crate::repository;
@@ -79,6 +81,17 @@ pub struct Force(pub SrvId);
 #[rtype(result = "Result<(), String>")]
 pub struct RefreshCatalogsOf(pub SrvId, pub Vec<String>);
 
+/// The membership claimed this server: collect it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Own(pub SrvId);
+
+/// The membership hands this server over: stop its actor, waiting for its
+/// snapshot in flight (at most the grace period); answered once stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Release(pub SrvId);
+
 /// Stop every snapshot actor, waiting at most the grace period for the
 /// snapshots in flight; what is still running then is rolled back when the
 /// process exits and its sessions close.
@@ -96,6 +109,12 @@ pub struct Supervisor {
     reload_config: ConfigReloader,
     shared: Shared,
     registry: HashMap<SrvId, Entry>,
+    /// The repository's server list as last read.
+    servers: Vec<ServerSpec>,
+    /// The servers this member claimed (a snapshot actor runs for each one
+    /// still in `servers`).
+    owned: BTreeSet<SrvId>,
+    membership: Addr<MemberActor>,
     arbiters: Vec<Arbiter>,
     next_arbiter: usize,
     logger: Logger,
@@ -110,6 +129,8 @@ impl Supervisor {
         settings: Settings,
         reload_config: ConfigReloader,
         status: Addr<StatusActor>,
+        membership: Addr<MemberActor>,
+        fleet: FleetView,
         logger: Logger,
     ) -> Supervisor {
         let settings = Arc::new(settings);
@@ -122,12 +143,16 @@ impl Supervisor {
             pool: RepoPool::new(settings.clone()),
             status,
             logger: logger.clone(),
+            fleet,
         };
         Supervisor {
             settings,
             reload_config,
             shared,
             registry: HashMap::new(),
+            servers: Vec::new(),
+            owned: BTreeSet::new(),
+            membership,
             arbiters: (0..threads).map(|_| Arbiter::new()).collect(),
             next_arbiter: 0,
             logger,
@@ -174,11 +199,16 @@ impl Supervisor {
         }
     }
 
-    /// Apply a new server list; returns what changed.
-    fn apply(&mut self, servers: Vec<ServerSpec>) -> ReloadOutcome {
+    /// Run an actor for every server of the list this member owns; with
+    /// `refresh`, unchanged ones are asked to refresh. Returns what changed.
+    fn apply(&mut self, refresh: bool) -> ReloadOutcome {
         let mut outcome = ReloadOutcome::default();
-        let mut wanted: HashMap<SrvId, ServerSpec> =
-            servers.into_iter().map(|s| (s.srvid, s)).collect();
+        let mut wanted: HashMap<SrvId, ServerSpec> = self
+            .servers
+            .iter()
+            .filter(|s| self.owned.contains(&s.srvid))
+            .map(|s| (s.srvid, s.clone()))
+            .collect();
         let mut known: Vec<SrvId> = self.registry.keys().copied().collect();
         known.sort_unstable();
         for srvid in known {
@@ -192,6 +222,7 @@ impl Supervisor {
                     self.start_actor(spec);
                     outcome.restarted.push(srvid);
                 }
+                Some(_) if !refresh => {}
                 Some(_) => {
                     self.registry[&srvid]
                         .addr
@@ -326,9 +357,12 @@ impl Handler<Reload> for Supervisor {
                 act.shared.pool.set_settings(settings.clone());
                 act.settings = settings;
                 act.loaded = true;
+                act.membership
+                    .do_send(Servers(servers.iter().map(|s| s.srvid).collect()));
+                act.servers = servers;
                 ReloadOutcome {
                     restart_needed,
-                    ..act.apply(servers)
+                    ..act.apply(true)
                 }
             });
             act.probes.metrics.reload(outcome.is_ok());
@@ -401,6 +435,42 @@ impl Handler<Republish> for Supervisor {
             entry.addr.do_send(Publish);
         }
         MessageResult(self.registry.keys().copied().collect())
+    }
+}
+
+impl Handler<Own> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Own(srvid): Own, _: &mut Context<Self>) {
+        if self.stopping || !self.owned.insert(srvid) {
+            return;
+        }
+        let outcome = self.apply(false);
+        if !outcome.started.is_empty() {
+            info!(self.logger, "server claimed"; "srvid" => srvid);
+        }
+    }
+}
+
+impl Handler<Release> for Supervisor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, Release(srvid): Release, _: &mut Context<Self>) -> Self::Result {
+        self.owned.remove(&srvid);
+        let Some(entry) = self.registry.remove(&srvid) else {
+            return Box::pin(async {});
+        };
+        info!(self.logger, "handing a server over"; "srvid" => srvid);
+        let status = self.shared.status.clone();
+        let grace = self.settings.shutdown_grace;
+        Box::pin(async move {
+            // Past the grace period the snapshot in flight is cut off; the
+            // fence keeps it from committing once the lock is gone.
+            let _ = tokio::time::timeout(grace, entry.addr.send(Shutdown)).await;
+            entry.addr.do_send(Retire);
+            // After the actor's last report: the status forgets it for good.
+            status.do_send(Forget(srvid));
+        })
     }
 }
 

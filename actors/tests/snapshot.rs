@@ -78,6 +78,7 @@ async fn snapshot_as(
         remote: &remote_layout,
         catalogs: &catalogs,
         open_database: &open,
+        fence: None,
     };
     take_snapshot(repo, remote, &job, observer).await
 }

@@ -1,0 +1,192 @@
+//! Fencing: the proof, inside a snapshot's own repository transaction,
+//! that this member may write it.
+//!
+//! Holding a server's lock (see [`crate::membership`]) is not enough: a
+//! member that froze, or lost its membership session mid-snapshot, may
+//! still believe it holds it. So the snapshot transaction itself checks,
+//! at its start and again just before it commits, that the membership
+//! session (by its backend pid) still holds the server's lock in
+//! `pg_locks`; and at its start it locks the server's
+//! `powa_snapshot_metas` row (skipping it when another transaction holds
+//! it: a snapshot of that server is in flight elsewhere) and refuses to
+//! run within `min_gap` of the last recorded snapshot. The row lock makes
+//! two members' checks of one server happen one after the other, so two
+//! snapshots of a server are never closer than `min_gap`.
+//!
+//! The fleet-wide limit on snapshots in flight is enforced here too: a
+//! snapshot first takes one of `slots` advisory locks with its session,
+//! polling when all are taken (forced snapshots, then those that waited
+//! longest, poll more often, so they tend to get the next free slot
+//! first), then opens its transaction and moves the lock to it, so that
+//! its commit or rollback frees the slot whatever happens to the member,
+//! and the snapshot's time (its transaction's start) lies inside its slot.
+
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio_postgres::GenericClient;
+
+use crate::layout::Layout;
+use crate::membership::{SERVER_SPACE, SLOT_SPACE};
+use crate::server::SrvId;
+
+/// What a snapshot must prove before it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    /// The backend pid of this member's membership session.
+    pub member_pid: i32,
+    /// No snapshot closer than this to the last recorded one.
+    pub min_gap: Duration,
+    /// Snapshots in flight at once across all members.
+    pub slots: usize,
+    /// A forced snapshot: asks for a slot more often.
+    pub forced: bool,
+    /// The repository ends the transaction when it stays idle this long: a
+    /// member frozen mid-snapshot must not keep the server's metas row
+    /// (and a slot) locked until it thaws. Longer than any wait for the
+    /// remote server between two statements.
+    pub stall_limit: Duration,
+}
+
+impl Fence {
+    /// How long to wait before asking again for a slot, after `attempts`
+    /// refused ones: the longer a snapshot has waited, the more often it
+    /// asks, so across members the oldest waiters tend to get the next
+    /// free slot (within a member the gate already serves them first).
+    pub fn slot_poll(&self, attempts: u32) -> Duration {
+        if self.forced {
+            return Duration::from_millis(10);
+        }
+        let base = 100u64.saturating_sub(5 * u64::from(attempts)).max(10);
+        // Spread the members' attempts.
+        Duration::from_millis(base + rand::random::<u64>() % (base / 4 + 1))
+    }
+}
+
+/// Wait for a free fleet-wide slot, taken by the session (outside any
+/// transaction); its number. Session-level slots left by an earlier use of
+/// this pooled session (a snapshot cut off between the two steps) are
+/// released first: a pooled session holds no other advisory lock.
+pub async fn wait_for_slot(
+    client: &tokio_postgres::Client,
+    fence: &Fence,
+) -> Result<i32, tokio_postgres::Error> {
+    client
+        .execute("SELECT pg_catalog.pg_advisory_unlock_all()", &[])
+        .await?;
+    let slots = i32::try_from(fence.slots.max(1)).unwrap_or(i32::MAX);
+    let mut attempts = 0;
+    loop {
+        // The LIMIT stops at the first lock taken: one slot per snapshot.
+        let row = client
+            .query_opt(
+                "SELECT k FROM pg_catalog.generate_series(0, $2 - 1) k \
+                 WHERE pg_catalog.pg_try_advisory_lock($1, k) LIMIT 1",
+                &[&SLOT_SPACE, &slots],
+            )
+            .await?;
+        if let Some(row) = row {
+            return Ok(row.get(0));
+        }
+        tokio::time::sleep(fence.slot_poll(attempts)).await;
+        attempts += 1;
+    }
+}
+
+/// Move the slot from the session to the transaction: from now on its
+/// commit or rollback frees it, whatever happens to the member.
+pub async fn hand_slot_to(tx: &impl GenericClient, slot: i32) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "SELECT pg_catalog.pg_advisory_xact_lock($1, $2), pg_catalog.pg_advisory_unlock($1, $2)",
+        &[&SLOT_SPACE, &slot],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Why a snapshot was not written (nothing of it is committed).
+#[derive(Debug, Clone, Error, PartialEq)]
+pub enum Fenced {
+    #[error("this member no longer holds the server (another member collects it)")]
+    NotOwner,
+    #[error("another snapshot of this server is in flight")]
+    InFlight,
+    #[error("the last snapshot is only {0:.1}s old")]
+    TooSoon(f64),
+}
+
+/// Does the session `member_pid` hold the lock of `srvid`, as seen by this
+/// transaction?
+const HOLDS: &str = "EXISTS (SELECT 1 FROM pg_catalog.pg_locks l \
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+       AND l.classid = $2::int8::oid AND l.objid = $3::int8::oid AND l.pid = $4 \
+       AND l.database = (SELECT oid FROM pg_catalog.pg_database \
+                         WHERE datname = pg_catalog.current_database()))";
+
+/// At the start of the snapshot transaction: lock the server's metas row,
+/// then check the gap and the ownership.
+pub async fn enter(
+    tx: &impl GenericClient,
+    layout: &Layout,
+    srvid: SrvId,
+    fence: &Fence,
+) -> Result<Option<Fenced>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT CASE WHEN m.snapts > now() - $5::float8 * interval '1 second' \
+                THEN EXTRACT(EPOCH FROM now() - m.snapts)::float8 END, {HOLDS} \
+         FROM {} m WHERE m.srvid = $1 FOR UPDATE OF m SKIP LOCKED",
+        layout.qualify("powa_snapshot_metas")
+    );
+    tx.batch_execute(&format!(
+        "SET LOCAL idle_in_transaction_session_timeout = {}",
+        fence.stall_limit.as_millis().max(1)
+    ))
+    .await?;
+    let row = tx
+        .query_opt(
+            &sql,
+            &[
+                &srvid,
+                &i64::from(SERVER_SPACE),
+                &i64::from(srvid),
+                &fence.member_pid,
+                &fence.min_gap.as_secs_f64(),
+            ],
+        )
+        .await?;
+    let Some(row) = row else {
+        // Locked by another transaction (a row that does not exist at all
+        // is powa_take_snapshot's error to report, and was checked at
+        // connection).
+        return Ok(Some(Fenced::InFlight));
+    };
+    let too_soon: Option<f64> = row.get(0);
+    let holds: bool = row.get(1);
+    Ok(if !holds {
+        Some(Fenced::NotOwner)
+    } else {
+        too_soon.map(Fenced::TooSoon)
+    })
+}
+
+/// Just before the commit: does the member still hold the server?
+pub async fn still_holds(
+    tx: &impl GenericClient,
+    srvid: SrvId,
+    fence: &Fence,
+) -> Result<bool, tokio_postgres::Error> {
+    // $1 keeps the parameter numbering of HOLDS.
+    let sql = format!("SELECT $1::int4 IS NOT NULL AND {HOLDS}");
+    let row = tx
+        .query_one(
+            &sql,
+            &[
+                &srvid,
+                &i64::from(SERVER_SPACE),
+                &i64::from(srvid),
+                &fence.member_pid,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
