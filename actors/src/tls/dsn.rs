@@ -129,6 +129,64 @@ fn percent_decode(text: &str, what: &str) -> Result<String, String> {
         .map_err(|_| format!("invalid percent-encoding in {what}: not UTF-8 once decoded"))
 }
 
+/// libpq's connection parameters: the only words an error may quote. In a
+/// malformed string any word can be a piece of a password (a stray quote
+/// earlier on shifts every key and value after it).
+const LIBPQ_KEYWORDS: [&str; 42] = [
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "passfile",
+    "require_auth",
+    "channel_binding",
+    "connect_timeout",
+    "client_encoding",
+    "options",
+    "application_name",
+    "fallback_application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "replication",
+    "gssencmode",
+    "sslmode",
+    "sslnegotiation",
+    "sslcompression",
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "sslcertmode",
+    "sslrootcert",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "requirepeer",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "krbsrvname",
+    "gsslib",
+    "gssdelegation",
+    "service",
+    "target_session_attrs",
+    "load_balance_hosts",
+    "scram_client_key",
+];
+
+/// A key as an error names it: quoted when it is a libpq parameter, else
+/// not shown at all.
+fn key_name(key: &str) -> String {
+    if LIBPQ_KEYWORDS.contains(&key) {
+        format!("\"{key}\"")
+    } else {
+        "a word that is no connection parameter".to_string()
+    }
+}
+
 fn take_from_key_value(dsn: &str) -> Result<(String, SslParams), String> {
     let mut params = SslParams::default();
     let mut kept = Vec::new();
@@ -148,17 +206,21 @@ fn take_from_key_value(dsn: &str) -> Result<(String, SslParams), String> {
             // After a pair, the word may be the rest of a value that
             // needed quotes (`password=a b`): never quote it.
             return Err(match &last_key {
-                None => format!("missing \"=\" after \"{key}\""),
+                None => format!("missing \"=\" after {}", key_name(&key)),
                 Some(last) => format!(
-                    "missing \"=\" in the word after the value of \"{last}\" \
-                     (a value with spaces must be quoted)"
+                    "missing \"=\" in the word after the value of {} \
+                     (a value with spaces must be quoted)",
+                    key_name(last)
                 ),
             });
         }
         if key.is_empty() {
             return Err(match &last_key {
                 None => "missing key before \"=\"".to_string(),
-                Some(last) => format!("missing key before \"=\" after the value of \"{last}\""),
+                Some(last) => format!(
+                    "missing key before \"=\" after the value of {}",
+                    key_name(last)
+                ),
             });
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
@@ -168,11 +230,13 @@ fn take_from_key_value(dsn: &str) -> Result<(String, SslParams), String> {
                 match chars.next() {
                     Some('\\') => match chars.next() {
                         Some(c) => value.push(c),
-                        None => return Err(format!("unterminated quoted value of \"{key}\"")),
+                        None => {
+                            return Err(format!("unterminated quoted value of {}", key_name(&key)))
+                        }
                     },
                     Some('\'') => break,
                     Some(c) => value.push(c),
-                    None => return Err(format!("unterminated quoted value of \"{key}\"")),
+                    None => return Err(format!("unterminated quoted value of {}", key_name(&key))),
                 }
             }
         } else {
@@ -247,6 +311,19 @@ mod tests {
         assert!(err.contains("password") && err.contains("quoted"), "{err}");
         let err = take_ssl_params("host=db ='x'").unwrap_err();
         assert!(err.contains("missing key"), "{err}");
+    }
+
+    #[test]
+    fn errors_quote_no_word_but_libpq_parameters() {
+        // A stray quote shifts the password into the place of a key.
+        let err = take_ssl_params(":=' password='PwAAAa0%' =/ \\").unwrap_err();
+        assert!(!err.contains("PwAAAa0"), "{err}");
+        let err = take_ssl_params("hunter2").unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = take_ssl_params("port").unwrap_err();
+        assert!(err.contains("after \"port\""), "{err}");
+        let err = take_ssl_params("host=db port").unwrap_err();
+        assert!(err.contains("value of \"host\""), "{err}");
     }
 
     #[test]
