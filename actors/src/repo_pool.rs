@@ -3,10 +3,14 @@
 //! One repository session per server would mean hundreds of idle sessions
 //! on the repository (the reference keeps one per server). Snapshots are
 //! bounded by the [`Gate`](crate::gate::Gate), so about that many sessions
-//! are ever busy at once; the pool keeps at most that many open between
-//! snapshots, and never opens more than a few beyond it: when a whole fleet
-//! fails at once, error reports queue here instead of opening one session
-//! each and exhausting the repository's `max_connections`.
+//! are ever busy at once; the pool never opens more than a few beyond it:
+//! when a whole fleet fails at once, error reports queue here instead of
+//! opening one session each and exhausting the repository's
+//! `max_connections`. A healthy session given back stays open for the
+//! next user, whatever it was opened for: closing it would only make the
+//! next error report open another one (a session churn the repository
+//! pays for, and a closed session still counts there until its backend
+//! has exited).
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
@@ -35,8 +39,9 @@ const EXTRA_SESSIONS: usize = 4;
 
 struct State {
     settings: Arc<Settings>,
+    /// At most the bound minus the sessions checked out: a new session is
+    /// opened only when none is idle and a permit is free.
     idle: Vec<(Client, Arc<Layout>)>,
-    max_idle: usize,
 }
 
 /// A checked-out repository session; goes back to the pool when dropped,
@@ -53,17 +58,16 @@ pub struct PooledClient {
 
 impl RepoPool {
     pub fn new(settings: Arc<Settings>) -> RepoPool {
-        let max_idle = settings.max_concurrent_snapshots;
+        let bound = settings.max_concurrent_snapshots + EXTRA_SESSIONS;
         RepoPool {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
                     settings,
                     idle: Vec::new(),
-                    max_idle,
                 }),
-                // The bound is fixed at start: a reload that changes the
-                // snapshot limit changes how many stay idle, not this.
-                open: Arc::new(Semaphore::new(max_idle + EXTRA_SESSIONS)),
+                // The bound is fixed at start (a reload that raises the
+                // snapshot limit names it as needing a restart).
+                open: Arc::new(Semaphore::new(bound)),
             }),
         }
     }
@@ -76,7 +80,6 @@ impl RepoPool {
     /// sessions opened with the old ones are closed.
     pub fn set_settings(&self, settings: Arc<Settings>) {
         let mut state = self.lock();
-        state.max_idle = settings.max_concurrent_snapshots;
         state.settings = settings;
         state.idle.clear();
     }
@@ -157,10 +160,7 @@ impl Drop for PooledClient {
             if client.is_closed() || Instant::now() >= self.suspect_after {
                 return;
             }
-            let mut state = self.pool.lock();
-            if state.idle.len() < state.max_idle {
-                state.idle.push((client, self.layout.clone()));
-            }
+            self.pool.lock().idle.push((client, self.layout.clone()));
         }
     }
 }
