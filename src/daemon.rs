@@ -81,6 +81,7 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
             .unwrap_or_else(membership::default_name);
         info!(logger, "fleet member"; "name" => &name);
         let fleet = FleetView::new(&name);
+        probes.metrics.watch_fleet(fleet.clone());
         let member = {
             let settings = Arc::new(settings.clone());
             let fleet = fleet.clone();

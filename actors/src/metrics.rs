@@ -27,6 +27,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::gate::Gate;
+use crate::membership::FleetView;
 use crate::probes::Readiness;
 use crate::server::SrvId;
 use crate::status::{WorkerReport, WorkerState};
@@ -121,6 +122,7 @@ struct Inner {
     gate: Arc<OnceLock<Gate>>,
     readiness: Arc<OnceLock<Readiness>>,
     log_drops: Arc<OnceLock<CountSource>>,
+    fleet: Arc<OnceLock<FleetView>>,
 }
 
 impl Default for Metrics {
@@ -201,10 +203,12 @@ impl Metrics {
         let gate = Arc::new(OnceLock::new());
         let readiness = Arc::new(OnceLock::new());
         let log_drops = Arc::new(OnceLock::new());
+        let fleet = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(Dynamic {
             gate: gate.clone(),
             readiness: readiness.clone(),
             log_drops: log_drops.clone(),
+            fleet: fleet.clone(),
         }));
         registry.register_collector(Box::new(Process));
         Metrics {
@@ -224,6 +228,7 @@ impl Metrics {
                 gate,
                 readiness,
                 log_drops,
+                fleet,
             }),
         }
     }
@@ -236,6 +241,12 @@ impl Metrics {
     /// Export the snapshot slots of this gate (set once).
     pub fn watch_gate(&self, gate: Gate) {
         let _ = self.inner.gate.set(gate);
+    }
+
+    /// Export this member's part in the fleet: its membership session,
+    /// leadership and servers (set once).
+    pub fn watch_fleet(&self, fleet: FleetView) {
+        let _ = self.inner.fleet.set(fleet);
     }
 
     /// Export `repository_up` and `listener_up` from this readiness (set once).
@@ -445,6 +456,7 @@ struct Dynamic {
     gate: Arc<OnceLock<Gate>>,
     readiness: Arc<OnceLock<Readiness>>,
     log_drops: Arc<OnceLock<CountSource>>,
+    fleet: Arc<OnceLock<FleetView>>,
 }
 
 impl std::fmt::Debug for Dynamic {
@@ -491,6 +503,31 @@ impl Collector for Dynamic {
             "powa_fleet_snapshot_slot_waiters",
             "Snapshots due and waiting for a slot",
             waiting as i64,
+        )?;
+        let view = self.fleet.get().map(FleetView::get).unwrap_or_default();
+        gauge(
+            &mut encoder,
+            "powa_fleet_member_up",
+            "1 while this member's membership session holds its locks on the repository",
+            view.pid.is_some().into(),
+        )?;
+        gauge(
+            &mut encoder,
+            "powa_fleet_member_leader",
+            "1 while this member leads the fleet (answers fleet-wide requests)",
+            (view.leader && view.pid.is_some()).into(),
+        )?;
+        gauge(
+            &mut encoder,
+            "powa_fleet_member_servers_owned",
+            "Servers this member holds and collects",
+            view.owned.len() as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "powa_fleet_members",
+            "Live members sharing the fleet, as this member last saw them",
+            view.members.len() as i64,
         )?;
         let dropped = ConstCounter::new(self.log_drops.get().map_or(0, |count| count()));
         dropped.encode(encoder.encode_descriptor(
@@ -631,6 +668,33 @@ mod tests {
         let text = m.encode_text();
         assert!(!text.contains("old:5432"), "{text}");
         assert!(text.contains("new:5432"), "{text}");
+    }
+
+    #[test]
+    fn the_members_part_follows_its_view() {
+        let m = Metrics::new();
+        let text = m.encode_text();
+        assert!(text.contains("powa_fleet_member_up 0"), "{text}");
+        let fleet = FleetView::new("collector-1");
+        m.watch_fleet(fleet.clone());
+        fleet.update(|v| {
+            v.pid = Some(42);
+            v.leader = true;
+            v.owned.extend([1, 2, 3]);
+        });
+        let text = m.encode_text();
+        for line in [
+            "powa_fleet_member_up 1",
+            "powa_fleet_member_leader 1",
+            "powa_fleet_member_servers_owned 3",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        // A lost membership session: no longer up, and no longer leading.
+        fleet.update(|v| v.pid = None);
+        let text = m.encode_text();
+        assert!(text.contains("powa_fleet_member_up 0"), "{text}");
+        assert!(text.contains("powa_fleet_member_leader 0"), "{text}");
     }
 
     #[test]
