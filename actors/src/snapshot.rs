@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::error::pg_message;
 use crate::fencing::{self, Fenced};
@@ -37,16 +37,20 @@ pub async fn committed(
     srvid: SrvId,
     recorded_seq: i64,
 ) -> Result<bool, tokio_postgres::Error> {
-    let row = repo
-        .query_one(
-            &format!(
-                "SELECT coalesce_seq FROM {} WHERE srvid = $1",
-                layout.qualify("powa_snapshot_metas")
-            ),
-            &[&srvid],
-        )
-        .await?;
-    Ok(row.get::<_, i64>(0) >= recorded_seq)
+    Ok(coalesce_seq(repo, layout, srvid).await? >= recorded_seq)
+}
+
+/// The server's `coalesce_seq`, which each recorded snapshot bumps.
+async fn coalesce_seq(
+    repo: &impl GenericClient,
+    layout: &Layout,
+    srvid: SrvId,
+) -> Result<i64, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT coalesce_seq FROM {} WHERE srvid = $1",
+        layout.qualify("powa_snapshot_metas")
+    );
+    Ok(repo.query_one(&sql, &[&srvid]).await?.get(0))
 }
 
 /// A COMMIT error after which nobody can tell whether it committed: the
@@ -270,17 +274,9 @@ pub async fn take_snapshot(
     let recorded_seq = match &report.not_recorded {
         Some(_) => None,
         None => Some(
-            repo_tx
-                .query_one(
-                    &format!(
-                        "SELECT coalesce_seq FROM {} WHERE srvid = $1",
-                        layout.qualify("powa_snapshot_metas")
-                    ),
-                    &[&srvid],
-                )
+            coalesce_seq(&repo_tx, layout, srvid)
                 .await
-                .map_err(repo("reading the snapshot's sequence"))?
-                .get::<_, i64>(0),
+                .map_err(repo("reading the snapshot's sequence"))?,
         ),
     };
     if let Err(e) = repo_tx.commit().await {
