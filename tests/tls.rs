@@ -17,6 +17,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_powa-fleet");
 
 const FAST: &str = "[restart]\nbackoff_min = 0.2\nbackoff_max = 2\n[shutdown]\ngrace = 3\n";
 
+/// Each snapshot step in the log: a failure shows where a snapshot stood
+/// (and the debug log must not show the password either).
+const STEPS: &str = "[log]\nlevel = \"debug\"\n";
+
 const PASSWORD: &str = "Tls-S3cret-pw-7781";
 
 /// TLS on, with a certificate of `ca` for `names`.
@@ -90,8 +94,10 @@ async fn collector_tls(client: &Client) -> (i64, i64) {
     (row.get(0), row.get(1))
 }
 
+/// Whether server `srvid` reaches snapshot `seq`. The window absorbs a
+/// loaded machine: a first snapshot on PoWA 5 reads every catalog.
 async fn snapshots_reach(repo: &Client, srvid: i32, seq: i64) -> bool {
-    eventually(Duration::from_secs(30), || async {
+    eventually(Duration::from_secs(60), || async {
         coalesce_seq(repo, srvid).await >= seq
     })
     .await
@@ -110,14 +116,15 @@ async fn require_encrypts_every_collector_session() {
     let daemon = Daemon::start(
         Path::new(BIN),
         &dsn,
-        &format!("[remote]\nsslmode = \"require\"\n{FAST}"),
+        &format!("[remote]\nsslmode = \"require\"\n{FAST}{STEPS}"),
     )
     .unwrap();
     let repo = fleet.repository.client("powa").await.unwrap();
     assert!(
         snapshots_reach(&repo, srvid, 2).await,
-        "no snapshot over TLS:\n{}",
-        daemon.log()
+        "no snapshot over TLS:\n{}\nrepository sessions:\n{}",
+        daemon.log(),
+        sessions(&repo).await
     );
     let remote = fleet.remotes[0].client("powa").await.unwrap();
     let (sessions, encrypted) = collector_tls(&remote).await;
@@ -165,15 +172,16 @@ async fn verify_full_collects_with_the_right_ca_and_host_name() {
         root.display()
     );
     let extra = format!(
-        "[remote]\nsslmode = \"verify-full\"\nsslrootcert = {}\n{FAST}",
+        "[remote]\nsslmode = \"verify-full\"\nsslrootcert = {}\n{FAST}{STEPS}",
         toml_path(&root)
     );
     let daemon = Daemon::start(Path::new(BIN), &dsn, &extra).unwrap();
     let repo = fleet.repository.client("powa").await.unwrap();
     assert!(
         snapshots_reach(&repo, srvid, 2).await,
-        "no snapshot with verify-full:\n{}",
-        daemon.log()
+        "no snapshot with verify-full:\n{}\nrepository sessions:\n{}",
+        daemon.log(),
+        sessions(&repo).await
     );
     let remote = fleet.remotes[0].client("powa").await.unwrap();
     let (sessions, encrypted) = collector_tls(&remote).await;
@@ -243,7 +251,7 @@ async fn verify_full_refuses_a_host_name_mismatch_without_showing_the_password()
     let daemon = Daemon::start(
         Path::new(BIN),
         &fleet.repository_dsn(),
-        &format!("[remote]\nsslmode = \"verify-full\"\nsslrootcert = {root}\n{FAST}"),
+        &format!("[remote]\nsslmode = \"verify-full\"\nsslrootcert = {root}\n{FAST}{STEPS}"),
     )
     .unwrap();
     let repo = fleet.repository.client("powa").await.unwrap();
@@ -309,14 +317,15 @@ async fn client_certificate_authenticates_the_remote_role() {
     let daemon = Daemon::start(
         Path::new(BIN),
         &fleet.repository_dsn(),
-        &format!("{extra}{FAST}"),
+        &format!("{extra}{FAST}{STEPS}"),
     )
     .unwrap();
     let repo = fleet.repository.client("powa").await.unwrap();
     assert!(
         snapshots_reach(&repo, srvid, 2).await,
-        "no snapshot with a client certificate:\n{}",
-        daemon.log()
+        "no snapshot with a client certificate:\n{}\nrepository sessions:\n{}",
+        daemon.log(),
+        sessions(&repo).await
     );
     let user: String = fleet.remotes[0]
         .psql(
