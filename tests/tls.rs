@@ -272,7 +272,12 @@ async fn verify_full_refuses_a_host_name_mismatch_without_showing_the_password()
     );
     let errors = format!("{:?}", stored_errors(&repo, srvid).await);
     assert!(!errors.contains(PASSWORD), "{errors}");
-    assert!(daemon.log().contains(expected), "{}", daemon.log());
+    // The log line follows the repository write by a moment.
+    let logged = eventually(Duration::from_secs(10), || async {
+        daemon.log().contains(expected)
+    })
+    .await;
+    assert!(logged, "{}", daemon.log());
     assert!(!daemon.log().contains(PASSWORD), "{}", daemon.log());
 }
 
