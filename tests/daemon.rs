@@ -11,31 +11,11 @@ use powa_fleet_harness::fleet::{coalesce_seq, powa_major_version, stored_errors}
 use powa_fleet_harness::{require_binaries, Fleet};
 use tokio_postgres::Client;
 
-const BIN: &str = env!("CARGO_BIN_EXE_powa-fleet");
-
-/// Short backoffs and grace so failures and stops show quickly.
-const FAST: &str = "[restart]\nbackoff_min = 0.2\nbackoff_max = 2\n[shutdown]\ngrace = 3\n";
-
-fn fleet(remotes: usize) -> Fleet {
-    require_binaries().expect("PostgreSQL and PoWA installed");
-    Fleet::start(remotes).expect("fleet starts")
-}
-
-async fn snapshots_reach(repo: &Client, srvid: i32, seq: i64, timeout: Duration) -> bool {
-    eventually(timeout, || async { coalesce_seq(repo, srvid).await >= seq }).await
-}
-
-async fn collector_sessions(client: &Client) -> i64 {
-    client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE application_name LIKE '%powa-fleet%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
+mod common;
+use common::{
+    ask_workers_status as workers_status, collecting, collector_sessions, fleet, snapshots_reach,
+    start, Collecting, BIN, FAST,
+};
 
 /// No collector session on any cluster of the fleet (within 3 s).
 async fn assert_no_session_left(fleet: &Fleet) {
@@ -47,12 +27,6 @@ async fn assert_no_session_left(fleet: &Fleet) {
         .await;
         assert!(gone, "sessions left on {}", cluster.port());
     }
-}
-
-/// WORKERS_STATUS asked from a new session, as powa-web does.
-async fn workers_status(dsn: &str, timeout: Duration) -> Option<String> {
-    let mut client = Requester::connect(dsn).await.unwrap();
-    client.ask("WORKERS_STATUS", "", timeout).await
 }
 
 /// A collector session waiting on a lock (within 20 s): a snapshot held by
@@ -86,10 +60,6 @@ async fn answers_again(dsn: &str, timeout: Duration) -> bool {
         }
     })
     .await
-}
-
-fn start(fleet: &Fleet, extra: &str) -> Daemon {
-    Daemon::start(Path::new(BIN), &fleet.repository_dsn(), extra).expect("daemon starts")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -175,13 +145,14 @@ async fn collects_reloads_stops_servers_and_exits_cleanly() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_commands_get_answers_and_change_nothing() {
-    let fleet = fleet(1);
     // 30 s, well above the 10 s a forced snapshot needs since the last one,
     // so that FORCE_SNAPSHOT can be accepted between two scheduled ones.
-    let srvid = fleet.register(0, 30, None).unwrap();
-    let mut daemon = start(&fleet, FAST);
-    let repo = fleet.repository.client("powa").await.unwrap();
-    assert!(snapshots_reach(&repo, srvid, 2, Duration::from_secs(40)).await);
+    let Collecting {
+        fleet,
+        srvid,
+        mut daemon,
+        repo,
+    } = collecting(1, 30, FAST, Duration::from_secs(40)).await;
     let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
     let t = Duration::from_secs(3);
 
@@ -538,11 +509,12 @@ async fn a_server_without_metas_row_is_reported_not_collected() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_port_moves_the_worker_and_a_deleted_server_goes() {
-    let fleet = fleet(2);
-    let moving = fleet.register(0, 5, None).unwrap();
-    let mut daemon = start(&fleet, FAST);
-    let repo = fleet.repository.client("powa").await.unwrap();
-    assert!(snapshots_reach(&repo, moving, 2, Duration::from_secs(20)).await);
+    let Collecting {
+        fleet,
+        srvid: moving,
+        mut daemon,
+        repo,
+    } = collecting(2, 5, FAST, Duration::from_secs(20)).await;
     let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
 
     // Point the server at the other cluster: the worker reconnects there.
@@ -908,11 +880,12 @@ async fn many_servers_down_at_once_do_not_flood_the_repository() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_configuration_at_reload_keeps_the_running_one() {
-    let fleet = fleet(1);
-    let srvid = fleet.register(0, 5, None).unwrap();
-    let mut daemon = start(&fleet, FAST);
-    let repo = fleet.repository.client("powa").await.unwrap();
-    assert!(snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await);
+    let Collecting {
+        fleet,
+        srvid,
+        mut daemon,
+        repo,
+    } = collecting(1, 5, FAST, Duration::from_secs(20)).await;
     let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
 
     let good = std::fs::read_to_string(daemon.config_path()).unwrap();
@@ -1237,11 +1210,12 @@ async fn catalog_refreshes(repo: &Client, srvid: i32) -> Vec<(String, f64)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refresh_db_cat_copies_the_named_catalogs_again_at_the_next_snapshot() {
-    let fleet = fleet(1);
-    let srvid = fleet.register(0, 5, None).unwrap();
-    let daemon = start(&fleet, FAST);
-    let repo = fleet.repository.client("powa").await.unwrap();
-    assert!(snapshots_reach(&repo, srvid, 2, Duration::from_secs(30)).await);
+    let Collecting {
+        fleet,
+        srvid,
+        daemon,
+        repo,
+    } = collecting(1, 5, FAST, Duration::from_secs(30)).await;
     let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
     let t = Duration::from_secs(3);
     let ask = format!("{srvid} 1 powa");

@@ -13,39 +13,11 @@ use powa_fleet_harness::fleet::coalesce_seq;
 use powa_fleet_harness::{require_binaries, Fleet};
 use tokio_postgres::Client;
 
-const BIN: &str = env!("CARGO_BIN_EXE_powa-fleet");
-
-/// Short backoffs and grace so failures and stops show quickly.
-const FAST: &str = "[restart]\nbackoff_min = 0.2\nbackoff_max = 2\n[shutdown]\ngrace = 3\n";
-
-fn fleet(remotes: usize) -> Fleet {
-    require_binaries().expect("PostgreSQL and PoWA installed");
-    Fleet::start(remotes).expect("fleet starts")
-}
-
-fn start(fleet: &Fleet, extra: &str) -> Daemon {
-    Daemon::start(Path::new(BIN), &fleet.repository_dsn(), extra).expect("daemon starts")
-}
-
-async fn snapshots_reach(repo: &Client, srvid: i32, seq: i64, timeout: Duration) -> bool {
-    eventually(timeout, || async { coalesce_seq(repo, srvid).await >= seq }).await
-}
-
-/// WORKERS_STATUS answered within `timeout`, asked from new sessions.
-async fn workers_status(dsn: &str, timeout: Duration) -> Option<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(mut c) = Requester::connect(dsn).await {
-            if let Some(answer) = c.ask("WORKERS_STATUS", "", Duration::from_secs(2)).await {
-                return Some(answer);
-            }
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+mod common;
+use common::{
+    collecting, collecting_with, fleet, snapshots_reach, start, workers_status, Collecting, BIN,
+    FAST,
+};
 
 /// Peak resident memory of a process, in KiB (`VmHWM`).
 fn peak_rss_kib(pid: i32) -> u64 {
@@ -178,11 +150,11 @@ async fn a_full_log_filesystem_drops_lines_and_collection_goes_on() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_stop_signals_at_once_are_one_graceful_stop() {
-    let fleet = fleet(1);
-    let srvid = fleet.register(0, 5, None).unwrap();
-    let mut daemon = start(&fleet, FAST);
-    let repo = fleet.repository.client("powa").await.unwrap();
-    assert!(snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await);
+    let Collecting {
+        fleet: _fleet,
+        mut daemon,
+        ..
+    } = collecting(1, 5, FAST, Duration::from_secs(20)).await;
     // Without faults: the baseline of the peak memory printed by the others.
     let baseline = peak_rss_kib(daemon.pid());
     // What GNU timeout does: one signal to the process, one to its group.
@@ -464,11 +436,12 @@ async fn a_remote_frozen_during_a_reload_holds_no_repository_session() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_cut_off_after_it_went_through_is_not_called_aborted() {
-    let fleet = fleet(1);
-    let srvid = fleet.register(0, 5, None).unwrap();
-    let mut daemon = start(&fleet, FAST);
-    let repo = fleet.repository.client("powa").await.unwrap();
-    assert!(snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await);
+    let Collecting {
+        fleet,
+        srvid,
+        mut daemon,
+        repo,
+    } = collecting(1, 5, FAST, Duration::from_secs(20)).await;
 
     // A synchronous standby that never comes: a COMMIT is written locally,
     // then waits. Terminating the session then is what a lost connection
@@ -545,11 +518,18 @@ async fn terminate_listener(repo: &Client) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_in_flight_at_a_listener_restart_leak_no_slot() {
-    let fleet = fleet(1);
-    let srvid = fleet.register(0, 5, None).unwrap();
-    let daemon = start(&fleet, &format!("{FAST}[timeouts]\nlock = 60\n"));
-    let repo = fleet.repository.client("powa").await.unwrap();
-    assert!(snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await);
+    let Collecting {
+        fleet,
+        daemon,
+        repo,
+        ..
+    } = collecting(
+        1,
+        5,
+        &format!("{FAST}[timeouts]\nlock = 60\n"),
+        Duration::from_secs(20),
+    )
+    .await;
     // Reloads wait on this lock: 300 RELOADs stay in flight.
     let locker = fleet.repository.client("powa").await.unwrap();
     locker
@@ -674,15 +654,15 @@ fn log_gap(log: &str, from: &str, to: &str) -> Option<Duration> {
 #[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panic_in_the_supervisor_restarts_it_in_place_and_collection_goes_on() {
-    let fleet = fleet(1);
-    let srvid = fleet.register(0, 5, None).unwrap();
-    let mut daemon = start_panicking(&fleet, FAST, "supervisor:reload");
-    let repo = fleet.repository.client("powa").await.unwrap();
-    assert!(
-        snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await,
-        "{}",
-        daemon.log()
-    );
+    let Collecting {
+        fleet,
+        srvid,
+        mut daemon,
+        repo,
+    } = collecting_with(1, 5, Duration::from_secs(20), |fleet| {
+        start_panicking(fleet, FAST, "supervisor:reload")
+    })
+    .await;
     let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
     let panicked = Instant::now();
     let answer = client.ask("RELOAD", "", Duration::from_secs(5)).await;
@@ -731,15 +711,15 @@ async fn a_panic_in_the_supervisor_restarts_it_in_place_and_collection_goes_on()
 #[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panic_in_the_listener_restarts_it_and_it_listens_again() {
-    let fleet = fleet(1);
-    let srvid = fleet.register(0, 5, None).unwrap();
-    let mut daemon = start_panicking(&fleet, FAST, "listener:workers_status");
-    let repo = fleet.repository.client("powa").await.unwrap();
-    assert!(
-        snapshots_reach(&repo, srvid, 2, Duration::from_secs(20)).await,
-        "{}",
-        daemon.log()
-    );
+    let Collecting {
+        fleet,
+        srvid,
+        mut daemon,
+        repo,
+    } = collecting_with(1, 5, Duration::from_secs(20), |fleet| {
+        start_panicking(fleet, FAST, "listener:workers_status")
+    })
+    .await;
     let mut client = Requester::connect(&fleet.repository_dsn()).await.unwrap();
     let panicked = Instant::now();
     let lost = client

@@ -13,11 +13,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use powa_fleet_harness::daemon::{eventually, Daemon, Requester};
 use powa_fleet_harness::fleet::coalesce_seq;
-use powa_fleet_harness::{require_binaries, Fleet};
 
-const BIN: &str = env!("CARGO_BIN_EXE_powa-fleet");
-
-const FAST: &str = "[restart]\nbackoff_min = 0.2\nbackoff_max = 2\n[shutdown]\ngrace = 3\n";
+mod common;
+use common::{fleet, BIN, FAST};
 
 /// Every family issue-listed name, as a Prometheus parser reports it.
 const FAMILIES: [&str; 20] = [
@@ -42,11 +40,6 @@ const FAMILIES: [&str; 20] = [
     "process_start_time_seconds",
     "process_open_fds",
 ];
-
-fn fleet(remotes: usize) -> Fleet {
-    require_binaries().expect("PostgreSQL and PoWA installed");
-    Fleet::start(remotes).expect("fleet starts")
-}
 
 /// A free port on 127.0.0.1.
 fn free_address() -> String {

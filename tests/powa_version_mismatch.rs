@@ -10,9 +10,8 @@ use powa_fleet_harness::daemon::{eventually, Daemon, Requester};
 use powa_fleet_harness::fleet::{coalesce_seq, stored_errors};
 use powa_fleet_harness::{require_binaries, Fleet};
 
-const BIN: &str = env!("CARGO_BIN_EXE_powa-fleet");
-const FAST: &str = "[restart]\nbackoff_min = 0.2\nbackoff_max = 2\n[shutdown]\ngrace = 3\n";
-
+mod common;
+use common::{BIN, FAST};
 #[tokio::test(flavor = "multi_thread")]
 async fn a_remote_of_another_powa_minor_is_refused_alone_with_a_stored_error() {
     require_binaries().expect("PostgreSQL and PoWA installed");

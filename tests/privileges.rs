@@ -12,9 +12,8 @@ use powa_fleet_harness::daemon::{eventually, run_command, CommandOutput, Daemon,
 use powa_fleet_harness::fleet::{coalesce_seq, powa_major_version, stored_errors};
 use powa_fleet_harness::{require_binaries, Fleet};
 
-const BIN: &str = env!("CARGO_BIN_EXE_powa-fleet");
-
-const FAST: &str = "[restart]\nbackoff_min = 0.2\nbackoff_max = 2\n[shutdown]\ngrace = 3\n";
+mod common;
+use common::{BIN, FAST};
 
 /// The repository grants of the README's "Least privilege" section.
 const REPOSITORY_GRANTS: &str = "CREATE ROLE powa_collector LOGIN; \

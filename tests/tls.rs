@@ -13,9 +13,8 @@ use powa_fleet_harness::fleet::{coalesce_seq, remote_options, repository_options
 use powa_fleet_harness::{require_binaries, ClusterOptions, Fleet, ServerTls};
 use tokio_postgres::Client;
 
-const BIN: &str = env!("CARGO_BIN_EXE_powa-fleet");
-
-const FAST: &str = "[restart]\nbackoff_min = 0.2\nbackoff_max = 2\n[shutdown]\ngrace = 3\n";
+mod common;
+use common::{BIN, FAST};
 
 /// Each snapshot step in the log: a failure shows where a snapshot stood
 /// (and the debug log must not show the password either).
