@@ -179,8 +179,19 @@ impl SnapshotActor {
     /// Report a failure and act on it per [`retry_policy`]. `repository`
     /// says which side failed, for the state powa-web shows.
     fn fail(&mut self, kind: ErrorKind, repository: bool, reason: String, ctx: &mut Context<Self>) {
+        log_failure(&self.logger, kind, &self.scrub(&reason));
+        self.failed(kind, repository, reason, ctx);
+    }
+
+    /// [`Self::fail`] for a failure already logged.
+    fn failed(
+        &mut self,
+        kind: ErrorKind,
+        repository: bool,
+        reason: String,
+        ctx: &mut Context<Self>,
+    ) {
         let reason = self.scrub(&reason);
-        error!(self.logger, "collection failed"; "error_type" => kind.as_str(), "error" => &reason);
         self.report.last_errors = vec![reason.clone()];
         self.life.disconnect();
         self.cancel_timer(ctx);
@@ -516,6 +527,12 @@ async fn settle_commit<R>(
 }
 
 /// Write a failure to `powa_snapshot_metas.errors` so powa-web shows it.
+/// A failure in the log, before anything else is tried: recording it in
+/// the repository may wait for a repository that does not answer.
+fn log_failure(logger: &Logger, kind: ErrorKind, reason: &str) {
+    error!(logger, "collection failed"; "error_type" => kind.as_str(), "error" => reason);
+}
+
 async fn record_error(pool: &RepoPool, srvid: SrvId, message: &str, logger: &Logger) {
     let deadline = pool.statement_deadline();
     let result = match pool.get().await {
@@ -593,8 +610,9 @@ impl Handler<Connect> for SnapshotActor {
         let work = async move {
             let result = work.await;
             if let Err(failure) = &result {
+                let reason = scrub(&failure.reason, &[&password]);
+                log_failure(&logger, failure.kind, &reason);
                 if failure.record {
-                    let reason = scrub(&failure.reason, &[&password]);
                     record_error(&pool, srvid, &reason, &logger).await;
                 }
             }
@@ -625,7 +643,7 @@ impl Handler<Connect> for SnapshotActor {
                 }
                 Err(failure) => {
                     act.life.work_ended(None);
-                    act.fail(failure.kind, failure.repository, failure.reason, ctx)
+                    act.failed(failure.kind, failure.repository, failure.reason, ctx)
                 }
             }
             // A shutdown waits for this attempt, whatever its outcome.
@@ -748,15 +766,19 @@ impl Handler<Due> for SnapshotActor {
         let password = self.spec.password.clone().unwrap_or_default();
         let work = async move {
             let result = settle_commit(&pool, srvid, work.await, &logger).await;
-            // A snapshot lost as a whole is written where powa-web shows it.
+            // A snapshot lost as a whole is logged, then written where
+            // powa-web shows it.
             let lost = match &result {
-                Ok((_, _, Err(SnapshotError::Fenced(_)))) => None,
-                Ok((_, _, Err(e))) => Some(e.to_string()),
-                Err(failure) if failure.record => Some(failure.reason.clone()),
-                _ => None,
+                Ok((_, _, Err(SnapshotError::Fenced(_)))) | Ok((_, _, Ok(_))) => None,
+                Ok((_, _, Err(e))) => Some((e.kind(), e.to_string(), true)),
+                Err(failure) => Some((failure.kind, failure.reason.clone(), failure.record)),
             };
-            if let Some(reason) = lost {
-                record_error(&pool, srvid, &scrub(&reason, &[&password]), &logger).await;
+            if let Some((kind, reason, record)) = lost {
+                let reason = scrub(&reason, &[&password]);
+                log_failure(&logger, kind, &reason);
+                if record {
+                    record_error(&pool, srvid, &reason, &logger).await;
+                }
             }
             result
         };
@@ -828,11 +850,11 @@ impl Handler<Due> for SnapshotActor {
                 Ok((_, _, Err(e))) => {
                     act.life.work_ended(None);
                     let repository = matches!(e, SnapshotError::Repository { .. });
-                    act.fail(e.kind(), repository, e.to_string(), ctx)
+                    act.failed(e.kind(), repository, e.to_string(), ctx)
                 }
                 Err(failure) => {
                     act.life.work_ended(None);
-                    act.fail(failure.kind, failure.repository, failure.reason, ctx)
+                    act.failed(failure.kind, failure.repository, failure.reason, ctx)
                 }
             }
             if act.life.stopping() {
