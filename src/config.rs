@@ -506,7 +506,7 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
     let named = sources
         .config
         .clone()
-        .or_else(|| env.get(CONFIG_ENV).map(PathBuf::from));
+        .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
     let file = match &named {
         Some(path) => Some(FileText::read(path, true)?),
         None => find_legacy(&sources.legacy)
@@ -535,8 +535,8 @@ pub struct FileText {
 }
 
 impl FileText {
-    /// Read `path` (see [`FileText::new`]), named by its absolute path
-    /// in errors.
+    /// Read `path` (see [`FileText::new`]); figment's errors and the
+    /// sources `powa-fleet config` shows name it by its absolute path.
     pub fn read(path: &Path, named: bool) -> Result<FileText, ConfigError> {
         let unreadable = |reason: String| ConfigError::Unreadable {
             path: path.display().to_string(),
@@ -1024,6 +1024,12 @@ mod tests {
             assert!(matches!(err, ConfigError::MissingDsn { .. }), "{err}");
             let err = load(&sources(Some("nope.toml"), Flags::default())).unwrap_err();
             assert!(err.to_string().contains("nope.toml"), "{err}");
+            std::fs::write("latin1.toml", b"[repository]\ndsn = 'host=caf\xe9'\n").unwrap();
+            let err = load(&sources(Some("latin1.toml"), Flags::default())).unwrap_err();
+            let message = err.to_string();
+            assert!(matches!(err, ConfigError::Unreadable { .. }), "{message}");
+            assert!(message.contains("latin1.toml"), "{message}");
+            assert!(message.contains("not UTF-8"), "{message}");
             Ok(())
         });
     }

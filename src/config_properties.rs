@@ -289,6 +289,120 @@ fn json_files_load_back_to_what_they_say() {
     files_load_back_to_what_they_say("fleet.json");
 }
 
+/// A value's name in the configuration (`warning`, `verify-full`).
+fn name_of(value: impl serde::Serialize) -> String {
+    match serde_json::to_value(value).expect("serialises") {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+/// Over a generated file, environment variables (in any case) and flags
+/// set some keys from two other generated configurations: the loaded
+/// configuration has the flags' values over the environment's over the
+/// file's, libpq's variables stay below the file, and `powa-fleet config`
+/// names the source of each.
+#[test]
+fn the_environment_and_flags_override_the_file() {
+    let strategy = (
+        (config(), config(), config()),
+        (any::<u8>(), any::<u8>(), any::<bool>()),
+    );
+    let result = runner(0.03).run(
+        &strategy,
+        |((file, env, flag), (in_env, in_flags, lower))| {
+            let text = to_toml(&file);
+            let mut expected = file.clone();
+            let mut vars: Vec<(String, String)> = Vec::new();
+            let mut sources: Vec<(&str, String)> = Vec::new();
+            let mut var = |key: &'static str, value: String| {
+                let name = format!("{ENV_PREFIX}{}", key.replace('.', "__").to_uppercase());
+                sources.push((key, format!("environment variable {name}")));
+                vars.push((if lower { name.to_lowercase() } else { name }, value));
+            };
+            if in_env & 1 != 0 {
+                expected.log.level = env.log.level;
+                var("log.level", name_of(env.log.level));
+            }
+            if in_env & 2 != 0 {
+                expected.snapshots.max_concurrent = env.snapshots.max_concurrent;
+                var(
+                    "snapshots.max_concurrent",
+                    name_of(env.snapshots.max_concurrent),
+                );
+            }
+            if in_env & 4 != 0 {
+                expected.timeouts.connect = env.timeouts.connect;
+                var("timeouts.connect", env.timeouts.connect.to_string());
+            }
+            if let (true, Some(listen)) = (in_env & 8 != 0, &env.http.listen) {
+                expected.http.listen = Some(listen.clone());
+                var("http.listen", listen.clone());
+            }
+            if in_env & 16 != 0 {
+                // Below the file, which always sets it.
+                vars.push(("PGSSLMODE".into(), name_of(env.remote.sslmode)));
+            }
+            let mut flags = Flags::default();
+            if in_flags & 1 != 0 {
+                expected.log.level = flag.log.level;
+                flags.log_level = Some(name_of(flag.log.level));
+                sources.push(("log.level", "command-line flag".into()));
+            }
+            if in_flags & 2 != 0 {
+                expected.snapshots.max_concurrent = flag.snapshots.max_concurrent;
+                flags.max_concurrent_snapshots = Some(flag.snapshots.max_concurrent);
+                sources.push(("snapshots.max_concurrent", "command-line flag".into()));
+            }
+            if let (true, Some(listen)) = (in_flags & 4 != 0, &flag.http.listen) {
+                expected.http.listen = Some(listen.clone());
+                flags.http_listen = Some(listen.clone());
+                sources.push(("http.listen", "command-line flag".into()));
+            }
+            if in_flags & 8 != 0 {
+                expected.repository.dsn = flag.repository.dsn.clone();
+                flags.repository_dsn = flag.repository.dsn.clone();
+                sources.push(("repository.dsn", "command-line flag".into()));
+            }
+            if in_flags & 16 != 0 {
+                expected.debug = true;
+                flags.debug = true;
+            }
+            let file_text = FileText::new(&Path::new(DIR).join("fleet.toml"), text.clone(), true);
+            let loaded = from_parts(
+                Some(file_text),
+                &Environment::new(vars.clone()),
+                &flags,
+                &[],
+            )
+            .map_err(|e| TestCaseError::fail(format!("{text}\n{vars:?}\n{flags:?}\n→ {e}")))?;
+            check(
+                loaded.config == expected || same(&loaded.config, &expected),
+                || format!("{text}\n{vars:?}\n{flags:?}\n→ {:?}", loaded.config),
+            )?;
+            let shown = loaded.describe();
+            check(!shown.contains(SECRET), || shown.clone())?;
+            // The last source given for a key is the one that wins.
+            let winners: std::collections::BTreeMap<&str, &String> =
+                sources.iter().map(|(key, source)| (*key, source)).collect();
+            for (key, source) in winners {
+                let line = shown.lines().find(|l| l.starts_with(&format!("{key} = ")));
+                check(
+                    line.is_some_and(|l| l.ends_with(&format!("# from {source}"))),
+                    || format!("{key} from {source}?\n{shown}"),
+                )?;
+            }
+            let sslmode = shown.lines().find(|l| l.starts_with("remote.sslmode = "));
+            check(sslmode.is_some_and(|l| l.contains("# from file ")), || {
+                shown.clone()
+            })
+        },
+    );
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
 /// What breaks a file in one place: where, how (cut there, put a piece
 /// in, add it at the end, or put it for the rest of the line), and the
 /// piece.
@@ -389,8 +503,8 @@ fn outcome(result: Result<Loaded, ConfigError>) -> Result<String, String> {
 }
 
 /// `load` on a file written to disk answers as `from_parts` on its text:
-/// the properties above test the loader users run. A case writes a file
-/// (some milliseconds), hence a small share.
+/// the properties above test the loader users run. A case writes and
+/// reads a file, hence a small share.
 #[test]
 fn a_written_file_loads_as_its_text_does() {
     Jail::expect_with(|jail| {
