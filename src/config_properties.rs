@@ -540,31 +540,36 @@ fn a_written_file_loads_as_its_text_does() {
     });
 }
 
+/// How the generated variable names start.
+const VAR_PREFIXES: [&str; 7] = [
+    "POWA_FLEET_",
+    "powa_fleet_",
+    "Powa_Fleet_",
+    " POWA_FLEET_",
+    "POWA_FLEET",
+    "PGSSL",
+    "",
+];
+
+/// How they go on, beside random text.
+const VAR_NAMES: [&str; 9] = [
+    "CONFIG",
+    "config",
+    "LOG__LEVEL",
+    "log__level ",
+    "SNAPSHOTS__MAX_CONCURRENT",
+    "REPOSITORY__DSN",
+    "MODE",
+    "A____B",
+    "__X",
+];
+
 /// Environment variables, most for powa-fleet, in odd spellings.
 fn variables() -> impl Strategy<Value = Vec<(String, String)>> {
     let name = (
-        proptest::sample::select(vec![
-            "POWA_FLEET_",
-            "powa_fleet_",
-            "Powa_Fleet_",
-            " POWA_FLEET_",
-            "POWA_FLEET",
-            "PGSSL",
-            "",
-        ]),
+        proptest::sample::select(VAR_PREFIXES.to_vec()),
         prop_oneof![
-            proptest::sample::select(vec![
-                "CONFIG",
-                "config",
-                "LOG__LEVEL",
-                "log__level ",
-                "SNAPSHOTS__MAX_CONCURRENT",
-                "REPOSITORY__DSN",
-                "MODE",
-                "A____B",
-                "__X",
-            ])
-            .prop_map(str::to_owned),
+            proptest::sample::select(VAR_NAMES.to_vec()).prop_map(str::to_owned),
             text("[A-Za-z_. ]{1,14}"),
         ],
     )
@@ -578,13 +583,15 @@ fn variables() -> impl Strategy<Value = Vec<(String, String)>> {
 }
 
 /// `Environment` and `EnvProvider` read the process's variables as
-/// figment's `Env::prefixed(ENV_PREFIX).split("__")` does.
+/// figment's `Env::prefixed(ENV_PREFIX).split("__")` does. Few cases: each
+/// sets process variables while other tests of this binary run (libc's
+/// `setenv` races with any `getenv` outside Rust's lock).
 #[test]
 fn environment_variables_read_as_figment_reads_them() {
     Jail::expect_with(|jail| {
         jail.clear_env();
         let figments = Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__");
-        let result = runner(0.01).run(&variables(), |vars| {
+        let result = runner(0.003).run(&variables(), |vars| {
             for (name, value) in &vars {
                 std::env::set_var(name, value);
             }
@@ -618,6 +625,21 @@ fn environment_variables_read_as_figment_reads_them() {
         if let Err(e) = result {
             panic!("{e}");
         }
+        // Every spelling above at once: several set one key, and the
+        // process's order decides.
+        let vars: Vec<String> = VAR_PREFIXES
+            .iter()
+            .flat_map(|p| VAR_NAMES.iter().map(move |n| format!("{p}{n}")))
+            .collect();
+        for (i, name) in vars.iter().enumerate() {
+            std::env::set_var(name, i.to_string());
+        }
+        let ours = EnvProvider(&Environment::of_process()).data();
+        let theirs = figments.data();
+        for name in &vars {
+            std::env::remove_var(name);
+        }
+        assert_eq!(ours.expect("no error"), theirs.expect("no error"));
         Ok(())
     });
 }
