@@ -7,11 +7,11 @@
 //! without new configuration. Every error names the file and the key and
 //! says what was expected; DSNs only ever appear redacted.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Json, Serialized, Toml};
-use figment::value::{Dict, Map};
+use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use powa_fleet_actors::connect::repository_config;
 use powa_fleet_actors::redact::{redact_dsn, scrub, Secret};
@@ -373,9 +373,9 @@ impl Provider for Defaults {
 
 /// libpq's TLS environment variables as defaults of the `remote` section,
 /// above the built-in defaults and below the file.
-struct LibpqEnv;
+struct LibpqEnv<'a>(&'a Environment);
 
-impl Provider for LibpqEnv {
+impl Provider for LibpqEnv<'_> {
     fn metadata(&self) -> Metadata {
         Metadata::named("libpq environment variable")
     }
@@ -383,7 +383,7 @@ impl Provider for LibpqEnv {
     fn data(&self) -> figment::Result<Map<Profile, Dict>> {
         let mut remote = serde_json::Map::new();
         for (key, var) in LIBPQ_ENV {
-            if let Some(value) = std::env::var(var).ok().filter(|v| !v.is_empty()) {
+            if let Some(value) = self.0.get(var).filter(|v| !v.is_empty()) {
                 remote.insert(key.to_string(), value.into());
             }
         }
@@ -392,6 +392,88 @@ impl Provider for LibpqEnv {
         }
         let root = serde_json::json!({ "remote": remote });
         Serialized::defaults(root).data()
+    }
+}
+
+/// The file's text, parsed by figment's TOML or JSON provider and named
+/// as figment names a file it reads itself (`TOML file`, with its path as
+/// the source), so that errors and `powa-fleet config` say which file.
+struct FileProvider<'a>(&'a FileText);
+
+impl Provider for FileProvider<'_> {
+    fn metadata(&self) -> Metadata {
+        let format = if self.0.json { "JSON" } else { "TOML" };
+        Metadata::from(format!("{format} file"), self.0.source.as_path())
+    }
+
+    fn data(&self) -> figment::Result<Map<Profile, Dict>> {
+        if self.0.json {
+            Json::string(&self.0.text).data()
+        } else {
+            Toml::string(&self.0.text).data()
+        }
+    }
+}
+
+/// `POWA_FLEET_<SECTION>__<KEY>` variables, read from `Environment` with
+/// the rules of figment's `Env::prefixed(ENV_PREFIX).split("__")`: the
+/// prefix in any case, names trimmed and lowercased, a name with an empty
+/// part skipped, values parsed as figment parses them (`5` a number,
+/// `true` a boolean, else a string); `POWA_FLEET_CONFIG` names the file
+/// and is not a key.
+struct EnvProvider<'a>(&'a Environment);
+
+impl Provider for EnvProvider<'_> {
+    fn metadata(&self) -> Metadata {
+        // figment's own naming, which `source_label` recognises.
+        Env::prefixed(ENV_PREFIX).metadata()
+    }
+
+    fn data(&self) -> figment::Result<Map<Profile, Dict>> {
+        let mut dict = Value::from(Dict::new());
+        for (name, value) in &self.0.vars {
+            let Some(key) = env_key(name) else { continue };
+            let value: Value = value.parse().unwrap_or_else(|e| match e {});
+            dict = merged(dict, figment::util::nest(&key, value));
+        }
+        let dict = dict.into_dict().unwrap_or_default();
+        Ok(Map::from([(Profile::Default, dict)]))
+    }
+}
+
+/// The configuration key a variable sets, if it sets one.
+fn env_key(name: &str) -> Option<String> {
+    let name = name.trim();
+    let prefix = name.get(..ENV_PREFIX.len())?;
+    if !prefix.eq_ignore_ascii_case(ENV_PREFIX) {
+        return None;
+    }
+    let rest = &name[ENV_PREFIX.len()..];
+    if rest.eq_ignore_ascii_case("config") {
+        return None;
+    }
+    let key = rest.replace("__", ".");
+    let key = key.trim();
+    if key.split('.').any(str::is_empty) {
+        return None;
+    }
+    Some(key.to_ascii_lowercase())
+}
+
+/// `b` over `a`, dictionaries merged key by key (figment's merge order).
+fn merged(a: Value, b: Value) -> Value {
+    match (a, b) {
+        (Value::Dict(_, mut a), Value::Dict(tag, b)) => {
+            for (key, value) in b {
+                let value = match a.remove(&key) {
+                    Some(old) => merged(old, value),
+                    None => value,
+                };
+                a.insert(key, value);
+            }
+            Value::Dict(tag, a)
+        }
+        (_, b) => b,
     }
 }
 
@@ -416,61 +498,150 @@ pub struct Loaded {
     figment: Figment,
 }
 
-/// Read and validate the configuration.
+/// Read and validate the configuration: the named file (`--config`, else
+/// `POWA_FLEET_CONFIG`) or the reference's JSON file, the process
+/// environment and the flags, built by [`from_parts`].
 pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
+    let env = Environment::of_process();
     let named = sources
         .config
         .clone()
         .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
     let file = match &named {
-        Some(path) => {
-            // figment treats a missing file as empty: a named file must exist.
-            std::fs::read(path).map_err(|e| ConfigError::Unreadable {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            Some(path.clone())
-        }
-        None => find_legacy(&sources.legacy),
+        Some(path) => Some(FileText::read(path, true)?),
+        None => find_legacy(&sources.legacy)
+            .map(|path| FileText::read(&path, false))
+            .transpose()?,
     };
-    let mut figment = Figment::from(Defaults).merge(LibpqEnv);
-    if let Some(path) = &file {
-        // The reference's file is JSON whatever its name
-        // (`--config /etc/powa-collector.conf` works as is).
-        let json = path.extension().is_some_and(|e| e == "json")
-            || named.is_none()
-            || std::fs::read_to_string(path).is_ok_and(|t| t.trim_start().starts_with('{'));
-        figment = if json {
-            figment.merge(Json::file(path))
-        } else {
-            figment.merge(Toml::file(path))
+    let looked_in: &[PathBuf] = if named.is_none() {
+        &sources.legacy
+    } else {
+        &[]
+    };
+    from_parts(file, &env, &sources.flags, looked_in)
+}
+
+/// A configuration file as read: where it is and what it says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileText {
+    /// The path as named (`powa-fleet config` shows it).
+    pub path: PathBuf,
+    /// The path errors and sources name: absolute, as figment names a
+    /// file it reads (relative to the current directory).
+    pub source: PathBuf,
+    pub text: String,
+    /// The reference's JSON rather than powa-fleet's TOML.
+    pub json: bool,
+}
+
+impl FileText {
+    /// Read `path` (see [`FileText::new`]); figment's errors and the
+    /// sources `powa-fleet config` shows name it by its absolute path.
+    pub fn read(path: &Path, named: bool) -> Result<FileText, ConfigError> {
+        let unreadable = |reason: String| ConfigError::Unreadable {
+            path: path.display().to_string(),
+            reason,
         };
+        let bytes = std::fs::read(path).map_err(|e| unreadable(e.to_string()))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| unreadable(format!("not UTF-8 text ({})", e.utf8_error())))?;
+        let mut file = FileText::new(path, text, named);
+        if path.is_relative() {
+            if let Ok(cwd) = std::env::current_dir() {
+                file.source = cwd.join(path);
+            }
+        }
+        Ok(file)
+    }
+
+    /// The text of `path`. A file found in the reference's places (not
+    /// `named`) is its JSON whatever its name, and so is a named one
+    /// ending in `.json` or starting with `{` (`--config
+    /// /etc/powa-collector.conf` works as is); any other is TOML.
+    pub fn new(path: &Path, text: String, named: bool) -> FileText {
+        let json = !named
+            || path.extension().is_some_and(|e| e == "json")
+            || text.trim_start().starts_with('{');
+        FileText {
+            path: path.to_path_buf(),
+            source: path.to_path_buf(),
+            text,
+            json,
+        }
+    }
+}
+
+/// Environment variables as a load sees them, in the process's order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Environment {
+    vars: Vec<(String, String)>,
+}
+
+impl Environment {
+    /// The process's variables now (names and values that are not UTF-8
+    /// read lossily, as figment's `Env` does).
+    pub fn of_process() -> Environment {
+        Environment::new(std::env::vars_os().map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        }))
+    }
+
+    pub fn new<K: Into<String>, V: Into<String>>(
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Environment {
+        Environment {
+            vars: vars
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    /// The value of `name`, the first if it is set twice (as `getenv`).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Build and validate the configuration from what [`load`] read: the
+/// file's text, the environment and the flags, above the built-in
+/// defaults. It touches neither the file system nor the process
+/// environment, so that the property tests run the loader users run at
+/// the speed of a parser. `looked_in` is where a file was looked for when
+/// none was named, for the error when no DSN is set.
+pub fn from_parts(
+    file: Option<FileText>,
+    env: &Environment,
+    flags: &Flags,
+    looked_in: &[PathBuf],
+) -> Result<Loaded, ConfigError> {
+    let mut figment = Figment::from(Defaults).merge(LibpqEnv(env));
+    if let Some(file) = &file {
+        figment = figment.merge(FileProvider(file));
     }
     figment = figment
-        .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"))
-        .merge(FlagsProvider(sources.flags.dict()));
+        .merge(EnvProvider(env))
+        .merge(FlagsProvider(flags.dict()));
 
-    let file_name = file.as_ref().map(|p| p.display().to_string());
+    let file_name = file.as_ref().map(|f| f.path.display().to_string());
     let config: Config = figment
         .extract()
         .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
     validate(&config, &figment, file_name)?;
     if config.repository.dsn.is_none() {
         return Err(ConfigError::MissingDsn {
-            looked_in: if named.is_none() {
-                sources
-                    .legacy
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect()
-            } else {
-                Vec::new()
-            },
+            looked_in: looked_in.iter().map(|p| p.display().to_string()).collect(),
         });
     }
     Ok(Loaded {
         config,
-        file,
+        file: file.map(|f| f.path),
         figment,
     })
 }
@@ -668,6 +839,9 @@ impl Loaded {
     /// `key = value  # from source` lines, secrets redacted.
     pub fn describe(&self) -> String {
         let value = serde_json::to_value(&self.config).expect("config serialises");
+        // The sources merged once for all keys (`find_metadata` merges
+        // them again for each).
+        let merged = self.figment.find_value("").ok();
         let mut lines = Vec::new();
         flatten("", &value, &mut |key, value| {
             let shown = if key == "repository.dsn" {
@@ -675,9 +849,10 @@ impl Loaded {
             } else {
                 value.clone()
             };
-            let source = self
-                .figment
-                .find_metadata(key)
+            let source = merged
+                .as_ref()
+                .and_then(|merged| merged.find_ref(key))
+                .and_then(|v| self.figment.get_metadata(v.tag()))
                 .map(|m| source_label(key, m))
                 .unwrap_or_else(|| "built-in default".to_string());
             lines.push(format!("{key} = {shown}  # from {source}"));
@@ -849,6 +1024,12 @@ mod tests {
             assert!(matches!(err, ConfigError::MissingDsn { .. }), "{err}");
             let err = load(&sources(Some("nope.toml"), Flags::default())).unwrap_err();
             assert!(err.to_string().contains("nope.toml"), "{err}");
+            std::fs::write("latin1.toml", b"[repository]\ndsn = 'host=caf\xe9'\n").unwrap();
+            let err = load(&sources(Some("latin1.toml"), Flags::default())).unwrap_err();
+            let message = err.to_string();
+            assert!(matches!(err, ConfigError::Unreadable { .. }), "{message}");
+            assert!(message.contains("latin1.toml"), "{message}");
+            assert!(message.contains("not UTF-8"), "{message}");
             Ok(())
         });
     }
