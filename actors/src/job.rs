@@ -170,7 +170,7 @@ async fn hidden_statements(
     .await?
     .map_err(remote(what))?;
     let what = "counting hidden statements";
-    match on_remote(remote_silence, what, sp.query_one(&sql, &[])).await? {
+    match on_remote(remote_silence, what, sp.query_typed_one(&sql, &[])).await? {
         Ok(row) => {
             let hidden: i64 = row.get(0);
             if hidden > 0 {

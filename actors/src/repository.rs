@@ -6,6 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::error::{classify, pg_message, ErrorKind};
@@ -201,8 +202,9 @@ pub async fn datasources<C: GenericClient>(
     layout: &Layout,
     srvid: SrvId,
 ) -> Result<(Vec<Datasource>, Vec<String>), RepositoryError> {
+    // Typed: read at every snapshot, without a statement prepared for it.
     let rows = client
-        .query(&datasources_sql(layout), &[&srvid])
+        .query_typed(&datasources_sql(layout), &[(&srvid, Type::INT4)])
         .await
         .map_err(sql("reading powa_functions"))?;
     let mut found = Vec::new();
