@@ -14,6 +14,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -41,7 +42,14 @@ struct State {
     settings: Arc<Settings>,
     /// At most the bound minus the sessions checked out: a new session is
     /// opened only when none is idle and a permit is free.
-    idle: Vec<(Client, Arc<Layout>)>,
+    idle: Vec<Idle>,
+}
+
+/// An idle session, with the thread its connection task runs on.
+struct Idle {
+    client: Client,
+    layout: Arc<Layout>,
+    home: ThreadId,
 }
 
 /// A checked-out repository session; goes back to the pool when dropped,
@@ -49,6 +57,8 @@ struct State {
 pub struct PooledClient {
     client: Option<Client>,
     layout: Arc<Layout>,
+    /// The thread whose runtime drives the session's connection task.
+    home: ThreadId,
     pool: RepoPool,
     /// Held longer than this, the session is closed rather than reused:
     /// its user was cut off by its deadline, maybe mid-statement.
@@ -102,25 +112,38 @@ impl RepoPool {
             .map_err(|_| ConnectError::PoolBusy { after: wait })?
             .expect("the pool's semaphore is never closed");
         let suspect_after = Instant::now() + wait;
+        let here = std::thread::current().id();
         let settings = {
             let mut state = self.lock();
-            while let Some((client, layout)) = state.idle.pop() {
-                if !client.is_closed() {
-                    return Ok(PooledClient {
-                        client: Some(client),
-                        layout,
-                        pool: self.clone(),
-                        suspect_after,
-                        _open: open,
-                    });
-                }
+            state.idle.retain(|idle| !idle.client.is_closed());
+            // A session whose connection task runs on this thread first:
+            // on another thread, every message of every statement would
+            // wake that thread and come back (two cross-thread wake-ups
+            // per round trip).
+            let pick = state
+                .idle
+                .iter()
+                .rposition(|idle| idle.home == here)
+                .or_else(|| state.idle.len().checked_sub(1));
+            if let Some(index) = pick {
+                let idle = state.idle.swap_remove(index);
+                return Ok(PooledClient {
+                    client: Some(idle.client),
+                    layout: idle.layout,
+                    home: idle.home,
+                    pool: self.clone(),
+                    suspect_after,
+                    _open: open,
+                });
             }
             state.settings.clone()
         };
+        // `connect` spawns the connection task on this thread's runtime.
         let session = connect_repository(&settings, "repository").await?;
         Ok(PooledClient {
             client: Some(session.client),
             layout: Arc::new(session.layout),
+            home: here,
             pool: self.clone(),
             suspect_after,
             _open: open,
@@ -160,7 +183,11 @@ impl Drop for PooledClient {
             if client.is_closed() || Instant::now() >= self.suspect_after {
                 return;
             }
-            self.pool.lock().idle.push((client, self.layout.clone()));
+            self.pool.lock().idle.push(Idle {
+                client,
+                layout: self.layout.clone(),
+                home: self.home,
+            });
         }
     }
 }
