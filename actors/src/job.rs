@@ -36,6 +36,10 @@ pub struct SnapshotReport {
     /// Why `powa_take_snapshot` failed, when it did: the copy committed its
     /// errors but no snapshot was recorded.
     pub not_recorded: Option<String>,
+    /// The staging tables (qualified) this snapshot copied into: once it
+    /// has committed, their rows are dead (`powa_take_snapshot` deleted
+    /// them), see [`crate::repository::vacuum_staging`].
+    pub staged: Vec<String>,
 }
 
 /// A snapshot lost as a whole: nothing was committed (but for

@@ -31,12 +31,21 @@ pub struct RepoPool {
 
 struct Inner {
     state: Mutex<State>,
+    /// When the staging tables were last vacuumed by this process (see
+    /// [`RepoPool::claim_staging_vacuum`]).
+    last_vacuum: Mutex<Option<Instant>>,
     /// One permit per session that may be open (idle or checked out).
     open: Arc<Semaphore>,
 }
 
 /// Sessions beyond the snapshot limit, for bookkeeping and error reports.
 const EXTRA_SESSIONS: usize = 4;
+
+/// How often the staging tables are vacuumed, at most: often enough that
+/// they hold only a few snapshots' worth of dead rows (a vacuum of tables
+/// that small takes milliseconds), rarely enough to cost the repository
+/// next to nothing.
+pub const STAGING_VACUUM_INTERVAL: Duration = Duration::from_secs(10);
 
 struct State {
     settings: Arc<Settings>,
@@ -78,6 +87,7 @@ impl RepoPool {
                 // The bound is fixed at start (a reload that raises the
                 // snapshot limit names it as needing a restart).
                 open: Arc::new(Semaphore::new(bound)),
+                last_vacuum: Mutex::new(None),
             }),
         }
     }
@@ -148,6 +158,25 @@ impl RepoPool {
             suspect_after,
             _open: open,
         })
+    }
+
+    /// Whether the caller should vacuum the staging tables now: true at
+    /// most once per [`STAGING_VACUUM_INTERVAL`] for the whole process,
+    /// whichever snapshot asks first.
+    pub fn claim_staging_vacuum(&self) -> bool {
+        let mut last = self
+            .inner
+            .last_vacuum
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match *last {
+            Some(at) if now.duration_since(at) < STAGING_VACUUM_INTERVAL => false,
+            _ => {
+                *last = Some(now);
+                true
+            }
+        }
     }
 
     /// Close every idle session (shutdown).

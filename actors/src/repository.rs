@@ -374,6 +374,36 @@ pub async fn clear_errors(
     .map(|_| ())
 }
 
+/// Make the space of the dead rows in staging tables (qualified) reusable.
+///
+/// Every snapshot copies its rows into the shared `*_src_tmp` tables and
+/// `powa_take_snapshot` deletes them in the same transaction: after the
+/// commit they are dead, and the next COPY appends after them until a
+/// vacuum marks the space free. Autovacuum visits them about once a minute
+/// at best, and a busy repository then grows them by hundreds of MB
+/// between two visits (powa-team/powa-collector#27). It never waits for
+/// a lock nor makes a snapshot wait: `SKIP_LOCKED` passes over a table
+/// another vacuum (or anything stronger than a COPY) holds, and `TRUNCATE
+/// false` keeps the table's pages (the next COPYs reuse them) instead of
+/// taking the ACCESS EXCLUSIVE lock that would stop snapshots in flight.
+/// Without the privilege (the table's owner, a superuser, or MAINTAIN on
+/// PostgreSQL 17) PostgreSQL skips the table with a warning and nothing
+/// fails.
+pub async fn vacuum_staging(
+    client: &Client,
+    tables: &[String],
+) -> Result<(), tokio_postgres::Error> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    client
+        .batch_execute(&format!(
+            "VACUUM (SKIP_LOCKED, TRUNCATE false) {}",
+            tables.join(", ")
+        ))
+        .await
+}
+
 /// Remove the rows of `srvid` staged in `table` (qualified).
 pub async fn clear_staged(
     tx: &Transaction<'_>,

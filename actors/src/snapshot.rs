@@ -329,6 +329,7 @@ pub async fn take_snapshot(
             .push(format!("ending the remote transaction: {}", pg_message(&e))),
         Err(e) => report.warnings.push(e.to_string()),
     }
+    report.staged = staged;
     report.elapsed = started.elapsed();
     Ok(report)
 }

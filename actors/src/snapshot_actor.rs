@@ -515,6 +515,34 @@ async fn settle_commit<R>(
     Ok((remote, waited, Err(unknown)))
 }
 
+/// Vacuum the staging tables a committed snapshot used
+/// ([`repository::vacuum_staging`]), on a pooled session, apart from the
+/// actor: it holds no snapshot slot and delays no schedule. A failure (a
+/// vacuum of another member or autovacuum holding the table past
+/// `lock_timeout`, the repository away) is only logged: the next one
+/// retries.
+fn spawn_staging_vacuum(pool: &RepoPool, tables: Vec<String>, logger: &Logger) {
+    let pool = pool.clone();
+    let logger = logger.clone();
+    tokio::spawn(async move {
+        let deadline = pool.statement_deadline();
+        let vacuum = async {
+            let repo = pool.get().await.map_err(|e| e.to_string())?;
+            repository::vacuum_staging(&repo, &tables)
+                .await
+                .map_err(|e| pg_message(&e))
+        };
+        match tokio::time::timeout(deadline, vacuum).await {
+            Ok(Ok(())) => debug!(logger, "staging tables vacuumed"; "tables" => tables.len()),
+            Ok(Err(error)) => {
+                debug!(logger, "vacuuming the staging tables failed"; "error" => error)
+            }
+            Err(_) => debug!(logger, "vacuuming the staging tables timed out";
+                "after_secs" => deadline.as_secs()),
+        }
+    });
+}
+
 /// Write a failure to `powa_snapshot_metas.errors` so powa-web shows it.
 async fn record_error(pool: &RepoPool, srvid: SrvId, message: &str, logger: &Logger) {
     let deadline = pool.statement_deadline();
@@ -757,6 +785,11 @@ impl Handler<Due> for SnapshotActor {
             };
             if let Some(reason) = lost {
                 record_error(&pool, srvid, &scrub(&reason, &[&password]), &logger).await;
+            }
+            if let Ok((_, _, Ok(report))) = &result {
+                if !report.staged.is_empty() && pool.claim_staging_vacuum() {
+                    spawn_staging_vacuum(&pool, report.staged.clone(), &logger);
+                }
             }
             result
         };
