@@ -581,14 +581,19 @@ impl Handler<Connect> for SnapshotActor {
         // Repository sessions are borrowed only around each query, and the
         // wait for one is not the servers' fault: only the work itself runs
         // under the deadline.
+        // Each stage is boxed: the state of a stage exists only while it
+        // runs. Unboxed, every server's connect future held the largest
+        // stage's state (about 45 KB: the TLS and startup exchange) from the
+        // start, and at start-up all of them wait at once for a
+        // repository session.
         let work = guarded(async move {
             let last = {
-                let repo = pool.get().await.map_err(pool_failure)?;
-                within(deadline, "reading the last snapshot", async {
+                let repo = Box::pin(pool.get()).await.map_err(pool_failure)?;
+                Box::pin(within(deadline, "reading the last snapshot", async {
                     repository::last_snapshot(&repo, repo.layout(), spec.srvid)
                         .await
                         .map_err(|e| StepFailure::new(e.kind(), e))
-                })
+                }))
                 .await?
             };
             if last == LastSnapshot::NotRegistered {
@@ -601,18 +606,18 @@ impl Handler<Connect> for SnapshotActor {
                     repository: false,
                 });
             }
-            let session = within(deadline, "connecting", async {
+            let session = Box::pin(within(deadline, "connecting", async {
                 connect_remote(&spec, &settings, &spec.name(settings.use_server_alias))
                     .await
                     .map_err(|e| StepFailure::new(e.kind(), e))
-            })
+            }))
             .await?;
             let tls = session.tls;
             let remote = Remote {
                 client: session.client,
                 layout: session.layout,
             };
-            bookkeeping(&pool, &remote.client, spec.srvid, &settings).await?;
+            Box::pin(bookkeeping(&pool, &remote.client, spec.srvid, &settings)).await?;
             Ok(Connected { remote, tls, last })
         });
         let pool = self.shared.pool.clone();
