@@ -517,10 +517,9 @@ async fn settle_commit<R>(
 
 /// Vacuum the staging tables a committed snapshot used
 /// ([`repository::vacuum_staging`]), on a pooled session, apart from the
-/// actor: it holds no snapshot slot and delays no schedule. A failure (a
-/// vacuum of another member or autovacuum holding the table past
-/// `lock_timeout`, the repository away) is only logged: the next one
-/// retries.
+/// actor: it holds no snapshot slot and delays no schedule. A failure (the
+/// repository away, the statement deadline passed) is only logged: the
+/// next one retries.
 fn spawn_staging_vacuum(pool: &RepoPool, tables: Vec<String>, logger: &Logger) {
     let pool = pool.clone();
     let logger = logger.clone();
@@ -533,7 +532,7 @@ fn spawn_staging_vacuum(pool: &RepoPool, tables: Vec<String>, logger: &Logger) {
                 .map_err(|e| pg_message(&e))
         };
         match tokio::time::timeout(deadline, vacuum).await {
-            Ok(Ok(())) => debug!(logger, "staging tables vacuumed"; "tables" => tables.len()),
+            Ok(Ok(vacuumed)) => debug!(logger, "staging tables vacuumed"; "tables" => vacuumed),
             Ok(Err(error)) => {
                 debug!(logger, "vacuuming the staging tables failed"; "error" => error)
             }
