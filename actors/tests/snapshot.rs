@@ -852,7 +852,8 @@ async fn vacuuming_what_a_snapshot_staged_keeps_the_staging_tables_from_growing(
     .unwrap();
     let cluster = &fleet.remotes[0];
     // Without a vacuum, each snapshot appends after the dead rows of the
-    // one before.
+    // one before (on PoWA 5 the first one also copies the catalogs, so it
+    // is the largest).
     let first = clean_snapshot(cluster, &mut repo, &mut remote, srvid).await;
     assert!(first.staged.len() >= 5, "staged: {:?}", first.staged);
     let one = staging_bytes(&repo).await;
@@ -860,7 +861,7 @@ async fn vacuuming_what_a_snapshot_staged_keeps_the_staging_tables_from_growing(
     clean_snapshot(cluster, &mut repo, &mut remote, srvid).await;
     let three = staging_bytes(&repo).await;
     assert!(
-        three >= 2 * one,
+        three > one + one / 4,
         "{one} bytes after one snapshot, {three} after three"
     );
     // With one after each snapshot, the next COPY reuses the space.
