@@ -14,7 +14,8 @@
 //!   cargo bench --bench fleet -- scrape [servers] [frequency] [window]
 //!   cargo bench --bench fleet -- smoke
 //! Collectors, comma-separated: `fleet`, `fleet:limit=N`, `fleet:threads=N`,
-//! `fleet:sslmode=MODE` (options combine: `fleet:limit=1:threads=1`),
+//! `fleet:sslmode=MODE`, `fleet:bin=PATH` (another build of powa-fleet;
+//! options combine: `fleet:limit=1:threads=1`),
 //! `1.2.0` (Debian's package) or another version installed from PyPI
 //! (e.g. `1.3.2`). Defaults: compare 100 30 90 fleet,1.3.2,1.2.0.
 
@@ -46,6 +47,8 @@ enum Collector {
         limit: usize,
         threads: usize,
         sslmode: Option<String>,
+        /// Another powa-fleet binary (an earlier build, to compare in one run).
+        bin: Option<PathBuf>,
     },
     Reference(String),
 }
@@ -58,11 +61,13 @@ impl Collector {
         let mut limit = 2;
         let mut threads = 0;
         let mut sslmode = None;
+        let mut bin = None;
         for option in rest.split(':').filter(|o| !o.is_empty()) {
             match option.split_once('=') {
                 Some(("limit", n)) => limit = n.parse().expect("limit=N"),
                 Some(("threads", n)) => threads = n.parse().expect("threads=N"),
                 Some(("sslmode", mode)) => sslmode = Some(mode.to_string()),
+                Some(("bin", path)) => bin = Some(PathBuf::from(path)),
                 _ => panic!("unknown collector option {option:?}"),
             }
         }
@@ -70,6 +75,7 @@ impl Collector {
             limit,
             threads,
             sslmode,
+            bin,
         }
     }
 
@@ -79,11 +85,15 @@ impl Collector {
                 limit,
                 threads,
                 sslmode,
+                bin,
             } => {
                 let tls = sslmode
                     .as_ref()
                     .map_or(String::new(), |m| format!(" sslmode={m}"));
-                format!("powa-fleet limit={limit} threads={threads}{tls}")
+                let bin = bin
+                    .as_ref()
+                    .map_or(String::new(), |b| format!(" bin={}", b.display()));
+                format!("powa-fleet limit={limit} threads={threads}{tls}{bin}")
             }
             Collector::Reference(v) => format!("powa-collector {v}"),
         }
@@ -95,6 +105,7 @@ impl Collector {
                 limit,
                 threads,
                 sslmode,
+                bin,
             } => {
                 let mut config = format!(
                     "[snapshots]\nmax_concurrent = {limit}\nworker_threads = {threads}\n\
@@ -103,7 +114,8 @@ impl Collector {
                 if let Some(mode) = sslmode {
                     config.push_str(&format!("[remote]\nsslmode = \"{mode}\"\n"));
                 }
-                Running::Fleet(Daemon::start(Path::new(BIN), dsn, &config).unwrap())
+                let bin = bin.as_deref().unwrap_or(Path::new(BIN));
+                Running::Fleet(Daemon::start(bin, dsn, &config).unwrap())
             }
             Collector::Reference(v) if v == DEBIAN_REFERENCE => {
                 Running::Reference(Reference::start(dsn).unwrap())
@@ -296,12 +308,15 @@ fn compare(args: &[String]) {
     let mut rows = Vec::new();
     for collector in &collectors {
         fleet.reset().unwrap();
+        RepositorySide::reset(&fleet);
         let start_clock = repository_clock(&fleet.repository).unwrap();
         let running = collector.start(&fleet.repository_dsn(), &cache);
         let pid = running.pid();
         std::thread::sleep(Duration::from_secs(2));
         let startup = process_memory(pid);
         std::thread::sleep(Duration::from_secs(frequency as u64 - 2));
+        let repository_before = RepositorySide::read(&fleet);
+        let profile = Profile::start(collector, pid, window);
         let Window {
             from,
             to,
@@ -312,6 +327,14 @@ fn compare(args: &[String]) {
             log,
         } = measure_window(&fleet, pid, window, Duration::from_millis(500));
         let result = window_result(&log, &srvids, freq, from, to);
+        RepositorySide::read(&fleet).print_against(
+            &repository_before,
+            &collector.name(),
+            result.done,
+        );
+        if let Some(profile) = profile {
+            profile.finish();
+        }
         let first = log
             .iter()
             .filter(|s| s.ended > start_clock)
@@ -335,6 +358,156 @@ fn compare(args: &[String]) {
     }
     println!();
     Row::print_table(&rows);
+}
+
+/// The repository's side of a window: CPU of the whole repository cluster
+/// (every backend, autovacuum and the other auxiliary processes, those that
+/// exited included: the postmaster's children time) and the PoWA staging
+/// tables (`*_src_tmp`) as the statistics collector sees them.
+struct RepositorySide {
+    cpu: f64,
+    staging_bytes: i64,
+    staging_live: i64,
+    staging_dead: i64,
+    autovacuums: i64,
+}
+
+impl RepositorySide {
+    /// Empty the staging tables, so that each collector starts from the
+    /// same state (they only hold rows between a COPY and its snapshot).
+    fn reset(fleet: &SimFleet) {
+        fleet
+            .repository
+            .psql(
+                "powa",
+                "DO $$ DECLARE t regclass; BEGIN \
+                   FOR t IN SELECT relid FROM pg_catalog.pg_stat_user_tables \
+                            WHERE relname LIKE '%\\_src\\_tmp' LOOP \
+                     EXECUTE pg_catalog.format('TRUNCATE %s', t); \
+                   END LOOP; END $$;",
+            )
+            .unwrap();
+    }
+
+    fn read(fleet: &SimFleet) -> RepositorySide {
+        let cpu = fleet
+            .repository
+            .postmaster_pid()
+            .map_or(f64::NAN, |pid| cluster_cpu_seconds(pid as u32));
+        // Statistics reach pg_stat_user_tables within a second or so.
+        std::thread::sleep(Duration::from_millis(1500));
+        let line = fleet
+            .repository
+            .psql(
+                "powa",
+                "SELECT coalesce(sum(pg_catalog.pg_total_relation_size(relid)), 0), \
+                        coalesce(sum(n_live_tup), 0), coalesce(sum(n_dead_tup), 0), \
+                        coalesce(sum(autovacuum_count), 0) \
+                 FROM pg_catalog.pg_stat_user_tables WHERE relname LIKE '%\\_src\\_tmp';",
+            )
+            .unwrap_or_default();
+        let fields: Vec<i64> = line
+            .trim()
+            .split('|')
+            .map(|f| f.trim().parse().unwrap_or(-1))
+            .collect();
+        let field = |i: usize| fields.get(i).copied().unwrap_or(-1);
+        RepositorySide {
+            cpu,
+            staging_bytes: field(0),
+            staging_live: field(1),
+            staging_dead: field(2),
+            autovacuums: field(3),
+        }
+    }
+
+    fn print_against(&self, before: &RepositorySide, name: &str, done: usize) {
+        println!(
+            "raw repository {name}: cpu_window={:.0}ms cpu_per_snapshot={:.1}ms \
+             staging bytes={:.1}MiB live={} dead={} (at window start {:.1}MiB, dead={}) \
+             autovacuums={}",
+            1000.0 * (self.cpu - before.cpu),
+            1000.0 * (self.cpu - before.cpu) / done.max(1) as f64,
+            self.staging_bytes as f64 / 1048576.0,
+            self.staging_live,
+            self.staging_dead,
+            before.staging_bytes as f64 / 1048576.0,
+            before.staging_dead,
+            self.autovacuums - before.autovacuums,
+        );
+    }
+}
+
+/// CPU seconds of a postmaster and its children, live and exited.
+fn cluster_cpu_seconds(postmaster: u32) -> f64 {
+    // utime, stime, cutime, cstime: fields 14 to 17 of /proc/<pid>/stat.
+    let ticks = |pid: u32, with_children: bool| -> Option<(u64, u32)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ppid: u32 = rest.get(1)?.parse().ok()?;
+        let fields = if with_children { 11..15 } else { 11..13 };
+        let sum = rest[fields]
+            .iter()
+            .filter_map(|f| f.parse::<u64>().ok())
+            .sum();
+        Some((sum, ppid))
+    };
+    let mut total = ticks(postmaster, true).map_or(0, |(t, _)| t);
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if let Some((t, ppid)) = ticks(pid, false) {
+                if ppid == postmaster {
+                    total += t;
+                }
+            }
+        }
+    }
+    // USER_HZ is 100 on Linux.
+    total as f64 / 100.0
+}
+
+/// `perf record` of a powa-fleet collector over the measured window, when
+/// `POWAFLEET_BENCH_PERF` names an output directory (one file per
+/// collector; `perf report -i FILE` reads it).
+struct Profile(std::process::Child);
+
+impl Profile {
+    fn start(collector: &Collector, pid: u32, window: u64) -> Option<Profile> {
+        let dir = std::env::var_os("POWAFLEET_BENCH_PERF")?;
+        if !matches!(collector, Collector::Fleet { .. }) {
+            return None;
+        }
+        let name: String = collector
+            .name()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let output = Path::new(&dir).join(format!("{name}.perf.data"));
+        std::process::Command::new("perf")
+            .args([
+                "record",
+                "-q",
+                "-F",
+                "997",
+                "-g",
+                "-p",
+                &pid.to_string(),
+                "-o",
+            ])
+            .arg(&output)
+            .args(["--", "sleep", &window.to_string()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map(Profile)
+            .ok()
+    }
+
+    fn finish(mut self) {
+        let _ = self.0.wait();
+    }
 }
 
 /// Register address `index`, send RELOAD, and time its first snapshot.

@@ -23,7 +23,9 @@
 
 use std::time::Duration;
 
+use futures_util::future::try_join;
 use thiserror::Error;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::GenericClient;
 
 use crate::layout::Layout;
@@ -71,34 +73,42 @@ pub async fn wait_for_slot(
     client: &tokio_postgres::Client,
     fence: &Fence,
 ) -> Result<i32, tokio_postgres::Error> {
-    client
-        .execute("SELECT pg_catalog.pg_advisory_unlock_all()", &[])
-        .await?;
     let slots = i32::try_from(fence.slots.max(1)).unwrap_or(i32::MAX);
+    // The LIMIT stops at the first lock taken: one slot per snapshot.
+    // Typed, so that it needs no prepared statement (one round trip).
+    let params: [(&(dyn ToSql + Sync), Type); 2] =
+        [(&SLOT_SPACE, Type::INT4), (&slots, Type::INT4)];
+    let try_slot = || {
+        client.query_typed_opt(
+            "SELECT k FROM pg_catalog.generate_series(0, $2 - 1) k \
+             WHERE pg_catalog.pg_try_advisory_lock($1, k) LIMIT 1",
+            &params,
+        )
+    };
+    // The unlock and the first attempt are sent together (pipelined on
+    // the session, run in that order).
+    let (_, mut row) = try_join(
+        client.batch_execute("SELECT pg_catalog.pg_advisory_unlock_all()"),
+        try_slot(),
+    )
+    .await?;
     let mut attempts = 0;
     loop {
-        // The LIMIT stops at the first lock taken: one slot per snapshot.
-        let row = client
-            .query_opt(
-                "SELECT k FROM pg_catalog.generate_series(0, $2 - 1) k \
-                 WHERE pg_catalog.pg_try_advisory_lock($1, k) LIMIT 1",
-                &[&SLOT_SPACE, &slots],
-            )
-            .await?;
         if let Some(row) = row {
             return Ok(row.get(0));
         }
         tokio::time::sleep(fence.slot_poll(attempts)).await;
         attempts += 1;
+        row = try_slot().await?;
     }
 }
 
 /// Move the slot from the session to the transaction: from now on its
 /// commit or rollback frees it, whatever happens to the member.
 pub async fn hand_slot_to(tx: &impl GenericClient, slot: i32) -> Result<(), tokio_postgres::Error> {
-    tx.execute(
+    tx.query_typed(
         "SELECT pg_catalog.pg_advisory_xact_lock($1, $2), pg_catalog.pg_advisory_unlock($1, $2)",
-        &[&SLOT_SPACE, &slot],
+        &[(&SLOT_SPACE, Type::INT4), (&slot, Type::INT4)],
     )
     .await?;
     Ok(())
@@ -137,23 +147,25 @@ pub async fn enter(
          FROM {} m WHERE m.srvid = $1 FOR UPDATE OF m SKIP LOCKED",
         layout.qualify("powa_snapshot_metas")
     );
-    tx.batch_execute(&format!(
+    let set_timeout = format!(
         "SET LOCAL idle_in_transaction_session_timeout = {}",
         fence.stall_limit.as_millis().max(1)
-    ))
-    .await?;
-    let row = tx
-        .query_opt(
+    );
+    // Both sent at once, run in that order.
+    let (_, row) = try_join(
+        tx.batch_execute(&set_timeout),
+        tx.query_typed_opt(
             &sql,
             &[
-                &srvid,
-                &i64::from(SERVER_SPACE),
-                &i64::from(srvid),
-                &fence.member_pid,
-                &fence.min_gap.as_secs_f64(),
+                (&srvid, Type::INT4),
+                (&i64::from(SERVER_SPACE), Type::INT8),
+                (&i64::from(srvid), Type::INT8),
+                (&fence.member_pid, Type::INT4),
+                (&fence.min_gap.as_secs_f64(), Type::FLOAT8),
             ],
-        )
-        .await?;
+        ),
+    )
+    .await?;
     let Some(row) = row else {
         // Locked by another transaction (a row that does not exist at all
         // is powa_take_snapshot's error to report, and was checked at
@@ -178,13 +190,13 @@ pub async fn still_holds(
     // $1 keeps the parameter numbering of HOLDS.
     let sql = format!("SELECT $1::int4 IS NOT NULL AND {HOLDS}");
     let row = tx
-        .query_one(
+        .query_typed_one(
             &sql,
             &[
-                &srvid,
-                &i64::from(SERVER_SPACE),
-                &i64::from(srvid),
-                &fence.member_pid,
+                (&srvid, Type::INT4),
+                (&i64::from(SERVER_SPACE), Type::INT8),
+                (&i64::from(srvid), Type::INT8),
+                (&fence.member_pid, Type::INT4),
             ],
         )
         .await?;

@@ -36,6 +36,10 @@ pub struct SnapshotReport {
     /// Why `powa_take_snapshot` failed, when it did: the copy committed its
     /// errors but no snapshot was recorded.
     pub not_recorded: Option<String>,
+    /// The staging tables (qualified) this snapshot copied into: once it
+    /// has committed, their rows are dead (`powa_take_snapshot` deleted
+    /// them), see [`crate::repository::vacuum_staging`].
+    pub staged: Vec<String>,
 }
 
 /// A snapshot lost as a whole: nothing was committed (but for
@@ -170,7 +174,7 @@ async fn hidden_statements(
     .await?
     .map_err(remote(what))?;
     let what = "counting hidden statements";
-    match on_remote(remote_silence, what, sp.query_one(&sql, &[])).await? {
+    match on_remote(remote_silence, what, sp.query_typed_one(&sql, &[])).await? {
         Ok(row) => {
             let hidden: i64 = row.get(0);
             if hidden > 0 {

@@ -14,6 +14,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -30,6 +31,9 @@ pub struct RepoPool {
 
 struct Inner {
     state: Mutex<State>,
+    /// When the staging tables were last vacuumed by this process (see
+    /// [`RepoPool::claim_staging_vacuum`]).
+    last_vacuum: Mutex<Option<Instant>>,
     /// One permit per session that may be open (idle or checked out).
     open: Arc<Semaphore>,
 }
@@ -37,11 +41,24 @@ struct Inner {
 /// Sessions beyond the snapshot limit, for bookkeeping and error reports.
 const EXTRA_SESSIONS: usize = 4;
 
+/// How often the staging tables are vacuumed, at most: often enough that
+/// they hold only a few snapshots' worth of dead rows (a vacuum of tables
+/// that small takes milliseconds), rarely enough to cost the repository
+/// next to nothing.
+pub const STAGING_VACUUM_INTERVAL: Duration = Duration::from_secs(10);
+
 struct State {
     settings: Arc<Settings>,
     /// At most the bound minus the sessions checked out: a new session is
     /// opened only when none is idle and a permit is free.
-    idle: Vec<(Client, Arc<Layout>)>,
+    idle: Vec<Idle>,
+}
+
+/// An idle session, with the thread its connection task runs on.
+struct Idle {
+    client: Client,
+    layout: Arc<Layout>,
+    home: ThreadId,
 }
 
 /// A checked-out repository session; goes back to the pool when dropped,
@@ -49,6 +66,8 @@ struct State {
 pub struct PooledClient {
     client: Option<Client>,
     layout: Arc<Layout>,
+    /// The thread whose runtime drives the session's connection task.
+    home: ThreadId,
     pool: RepoPool,
     /// Held longer than this, the session is closed rather than reused:
     /// its user was cut off by its deadline, maybe mid-statement.
@@ -68,6 +87,7 @@ impl RepoPool {
                 // The bound is fixed at start (a reload that raises the
                 // snapshot limit names it as needing a restart).
                 open: Arc::new(Semaphore::new(bound)),
+                last_vacuum: Mutex::new(None),
             }),
         }
     }
@@ -102,29 +122,61 @@ impl RepoPool {
             .map_err(|_| ConnectError::PoolBusy { after: wait })?
             .expect("the pool's semaphore is never closed");
         let suspect_after = Instant::now() + wait;
+        let here = std::thread::current().id();
         let settings = {
             let mut state = self.lock();
-            while let Some((client, layout)) = state.idle.pop() {
-                if !client.is_closed() {
-                    return Ok(PooledClient {
-                        client: Some(client),
-                        layout,
-                        pool: self.clone(),
-                        suspect_after,
-                        _open: open,
-                    });
-                }
+            state.idle.retain(|idle| !idle.client.is_closed());
+            // A session whose connection task runs on this thread first:
+            // on another thread, every message of every statement would
+            // wake that thread and come back (two cross-thread wake-ups
+            // per round trip).
+            let pick = state
+                .idle
+                .iter()
+                .rposition(|idle| idle.home == here)
+                .or_else(|| state.idle.len().checked_sub(1));
+            if let Some(index) = pick {
+                let idle = state.idle.swap_remove(index);
+                return Ok(PooledClient {
+                    client: Some(idle.client),
+                    layout: idle.layout,
+                    home: idle.home,
+                    pool: self.clone(),
+                    suspect_after,
+                    _open: open,
+                });
             }
             state.settings.clone()
         };
+        // `connect` spawns the connection task on this thread's runtime.
         let session = connect_repository(&settings, "repository").await?;
         Ok(PooledClient {
             client: Some(session.client),
             layout: Arc::new(session.layout),
+            home: here,
             pool: self.clone(),
             suspect_after,
             _open: open,
         })
+    }
+
+    /// Whether the caller should vacuum the staging tables now: true at
+    /// most once per [`STAGING_VACUUM_INTERVAL`] for the whole process,
+    /// whichever snapshot asks first.
+    pub fn claim_staging_vacuum(&self) -> bool {
+        let mut last = self
+            .inner
+            .last_vacuum
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match *last {
+            Some(at) if now.duration_since(at) < STAGING_VACUUM_INTERVAL => false,
+            _ => {
+                *last = Some(now);
+                true
+            }
+        }
     }
 
     /// Close every idle session (shutdown).
@@ -160,7 +212,11 @@ impl Drop for PooledClient {
             if client.is_closed() || Instant::now() >= self.suspect_after {
                 return;
             }
-            self.pool.lock().idle.push((client, self.layout.clone()));
+            self.pool.lock().idle.push(Idle {
+                client,
+                layout: self.layout.clone(),
+                home: self.home,
+            });
         }
     }
 }

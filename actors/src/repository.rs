@@ -6,6 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::error::{classify, pg_message, ErrorKind};
@@ -201,8 +202,9 @@ pub async fn datasources<C: GenericClient>(
     layout: &Layout,
     srvid: SrvId,
 ) -> Result<(Vec<Datasource>, Vec<String>), RepositoryError> {
+    // Typed: read at every snapshot, without a statement prepared for it.
     let rows = client
-        .query(&datasources_sql(layout), &[&srvid])
+        .query_typed(&datasources_sql(layout), &[(&srvid, Type::INT4)])
         .await
         .map_err(sql("reading powa_functions"))?;
     let mut found = Vec::new();
@@ -370,6 +372,52 @@ pub async fn clear_errors(
     )
     .await
     .map(|_| ())
+}
+
+/// Make the space of the dead rows in staging tables (qualified) reusable.
+///
+/// Every snapshot copies its rows into the shared `*_src_tmp` tables and
+/// `powa_take_snapshot` deletes them in the same transaction: after the
+/// commit they are dead, and the next COPY appends after them until a
+/// vacuum marks the space free. Autovacuum visits them about once a minute
+/// at best, and a busy repository then grows them by hundreds of MB
+/// between two visits (powa-team/powa-collector#27). It never waits for
+/// a lock nor makes a snapshot wait: `SKIP_LOCKED` passes over a table
+/// another vacuum (or anything stronger than a COPY) holds, and `TRUNCATE
+/// false` keeps the table's pages (the next COPYs reuse them) instead of
+/// taking the ACCESS EXCLUSIVE lock that would stop snapshots in flight.
+/// Only the tables the role owns (directly, through a role it belongs to,
+/// or as a superuser) are vacuumed: PostgreSQL would skip the others with a
+/// warning in its log at every call; they are left to autovacuum. How many
+/// were vacuumed.
+pub async fn vacuum_staging(
+    client: &Client,
+    tables: &[String],
+) -> Result<usize, tokio_postgres::Error> {
+    if tables.is_empty() {
+        return Ok(0);
+    }
+    let owned: Vec<String> = client
+        .query_typed(
+            "SELECT t FROM pg_catalog.unnest($1::text[]) t \
+             JOIN pg_catalog.pg_class c ON c.oid = t::regclass \
+             WHERE pg_catalog.pg_has_role(c.relowner, 'USAGE')",
+            &[(&tables, Type::TEXT_ARRAY)],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if owned.is_empty() {
+        return Ok(0);
+    }
+    client
+        .batch_execute(&format!(
+            "VACUUM (SKIP_LOCKED, TRUNCATE false) {}",
+            owned.join(", ")
+        ))
+        .await?;
+    Ok(owned.len())
 }
 
 /// Remove the rows of `srvid` staged in `table` (qualified).

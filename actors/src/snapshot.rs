@@ -15,6 +15,8 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::future::{try_join, try_join3};
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::error::pg_message;
@@ -50,7 +52,11 @@ async fn coalesce_seq(
         "SELECT coalesce_seq FROM {} WHERE srvid = $1",
         layout.qualify("powa_snapshot_metas")
     );
-    Ok(repo.query_one(&sql, &[&srvid]).await?.get(0))
+    // Typed: no statement prepared (and closed) for one use.
+    Ok(repo
+        .query_typed_one(&sql, &[(&srvid, Type::INT4)])
+        .await?
+        .get(0))
 }
 
 /// A COMMIT error after which nobody can tell whether it committed: the
@@ -138,27 +144,41 @@ pub async fn take_snapshot(
         .transaction()
         .await
         .map_err(repo("opening the transaction"))?;
-    if let Some(slot) = slot {
-        fencing::hand_slot_to(&repo_tx, slot)
-            .await
-            .map_err(repo("taking a fleet-wide slot"))?;
-    }
-    if let Some(fence) = &job.fence {
-        if let Some(refusal) = fencing::enter(&repo_tx, layout, srvid, fence)
-            .await
-            .map_err(repo("checking the fence"))?
-        {
-            return Err(SnapshotError::Fenced(refusal));
+    // The slot's move, the fence's check and the list of datasources are
+    // sent at once (pipelined on the session, run in this order): one
+    // round trip instead of one each. A failure of the first aborts the
+    // transaction, and its error is the one reported (answers come back
+    // in order).
+    let slot_moved = async {
+        match slot {
+            Some(slot) => fencing::hand_slot_to(&repo_tx, slot)
+                .await
+                .map_err(repo("taking a fleet-wide slot")),
+            None => Ok(()),
         }
+    };
+    let fenced = async {
+        match &job.fence {
+            Some(fence) => fencing::enter(&repo_tx, layout, srvid, fence)
+                .await
+                .map_err(repo("checking the fence")),
+            None => Ok(None),
+        }
+    };
+    let listed = async {
+        repository::datasources(&repo_tx, layout, srvid)
+            .await
+            .map_err(|e| match e {
+                repository::RepositoryError::Sql { source, .. } => {
+                    repo("reading powa_functions")(source)
+                }
+                other => unreachable!("datasources only fails on SQL: {other}"),
+            })
+    };
+    let ((), refusal, (datasources, warnings)) = try_join3(slot_moved, fenced, listed).await?;
+    if let Some(refusal) = refusal {
+        return Err(SnapshotError::Fenced(refusal));
     }
-    let (datasources, warnings) = repository::datasources(&repo_tx, layout, srvid)
-        .await
-        .map_err(|e| match e {
-            repository::RepositoryError::Sql { source, .. } => {
-                repo("reading powa_functions")(source)
-            }
-            other => unreachable!("datasources only fails on SQL: {other}"),
-        })?;
     report.warnings = warnings;
     if datasources.is_empty() {
         report
@@ -225,9 +245,9 @@ pub async fn take_snapshot(
         .await
         .map_err(repo("opening a savepoint"))?;
     match sp
-        .query_one(
+        .query_typed_one(
             &format!("SELECT {}($1)", layout.qualify("powa_take_snapshot")),
-            &[&srvid],
+            &[(&srvid, Type::INT4)],
         )
         .await
     {
@@ -262,23 +282,26 @@ pub async fn take_snapshot(
             .await
             .map_err(repo("recording errors"))?;
     }
-    if !fence_holds(&repo_tx, job).await? {
+    // What this transaction leaves in coalesce_seq: how to tell, should
+    // the session be lost during COMMIT, whether the snapshot is there.
+    // Read in the same round trip as the fence's last check.
+    let sequence = async {
+        match &report.not_recorded {
+            Some(_) => Ok(None),
+            None => coalesce_seq(&repo_tx, layout, srvid)
+                .await
+                .map(Some)
+                .map_err(repo("reading the snapshot's sequence")),
+        }
+    };
+    let (holds, recorded_seq) = try_join(fence_holds(&repo_tx, job), sequence).await?;
+    if !holds {
         repo_tx
             .rollback()
             .await
             .map_err(repo("rolling back a fenced snapshot"))?;
         return Err(SnapshotError::Fenced(Fenced::NotOwner));
     }
-    // What this transaction leaves in coalesce_seq: how to tell, should
-    // the session be lost during COMMIT, whether the snapshot is there.
-    let recorded_seq = match &report.not_recorded {
-        Some(_) => None,
-        None => Some(
-            coalesce_seq(&repo_tx, layout, srvid)
-                .await
-                .map_err(repo("reading the snapshot's sequence"))?,
-        ),
-    };
     if let Err(e) = repo_tx.commit().await {
         if commit_outcome_unknown(&e, repo_client) {
             report.elapsed = started.elapsed();
@@ -306,6 +329,7 @@ pub async fn take_snapshot(
             .push(format!("ending the remote transaction: {}", pg_message(&e))),
         Err(e) => report.warnings.push(e.to_string()),
     }
+    report.staged = staged;
     report.elapsed = started.elapsed();
     Ok(report)
 }

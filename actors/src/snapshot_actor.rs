@@ -526,6 +526,33 @@ async fn settle_commit<R>(
     Ok((remote, waited, Err(unknown)))
 }
 
+/// Vacuum the staging tables a committed snapshot used
+/// ([`repository::vacuum_staging`]), on a pooled session, apart from the
+/// actor: it holds no snapshot slot and delays no schedule. A failure (the
+/// repository away, the statement deadline passed) is only logged: the
+/// next one retries.
+fn spawn_staging_vacuum(pool: &RepoPool, tables: Vec<String>, logger: &Logger) {
+    let pool = pool.clone();
+    let logger = logger.clone();
+    tokio::spawn(async move {
+        let deadline = pool.statement_deadline();
+        let vacuum = async {
+            let repo = pool.get().await.map_err(|e| e.to_string())?;
+            repository::vacuum_staging(&repo, &tables)
+                .await
+                .map_err(|e| pg_message(&e))
+        };
+        match tokio::time::timeout(deadline, vacuum).await {
+            Ok(Ok(vacuumed)) => debug!(logger, "staging tables vacuumed"; "tables" => vacuumed),
+            Ok(Err(error)) => {
+                debug!(logger, "vacuuming the staging tables failed"; "error" => error)
+            }
+            Err(_) => debug!(logger, "vacuuming the staging tables timed out";
+                "after_secs" => deadline.as_secs()),
+        }
+    });
+}
+
 /// Write a failure to `powa_snapshot_metas.errors` so powa-web shows it.
 /// A failure in the log, before anything else is tried: recording it in
 /// the repository may wait for a repository that does not answer.
@@ -570,14 +597,19 @@ impl Handler<Connect> for SnapshotActor {
         // Repository sessions are borrowed only around each query, and the
         // wait for one is not the servers' fault: only the work itself runs
         // under the deadline.
+        // Each stage is boxed: the state of a stage exists only while it
+        // runs. Unboxed, every server's connect future held the largest
+        // stage's state (about 45 KB: the TLS and startup exchange) from the
+        // start, and at start-up all of them wait at once for a
+        // repository session.
         let work = guarded(async move {
             let last = {
-                let repo = pool.get().await.map_err(pool_failure)?;
-                within(deadline, "reading the last snapshot", async {
+                let repo = Box::pin(pool.get()).await.map_err(pool_failure)?;
+                Box::pin(within(deadline, "reading the last snapshot", async {
                     repository::last_snapshot(&repo, repo.layout(), spec.srvid)
                         .await
                         .map_err(|e| StepFailure::new(e.kind(), e))
-                })
+                }))
                 .await?
             };
             if last == LastSnapshot::NotRegistered {
@@ -590,18 +622,18 @@ impl Handler<Connect> for SnapshotActor {
                     repository: false,
                 });
             }
-            let session = within(deadline, "connecting", async {
+            let session = Box::pin(within(deadline, "connecting", async {
                 connect_remote(&spec, &settings, &spec.name(settings.use_server_alias))
                     .await
                     .map_err(|e| StepFailure::new(e.kind(), e))
-            })
+            }))
             .await?;
             let tls = session.tls;
             let remote = Remote {
                 client: session.client,
                 layout: session.layout,
             };
-            bookkeeping(&pool, &remote.client, spec.srvid, &settings).await?;
+            Box::pin(bookkeeping(&pool, &remote.client, spec.srvid, &settings)).await?;
             Ok(Connected { remote, tls, last })
         });
         let pool = self.shared.pool.clone();
@@ -778,6 +810,11 @@ impl Handler<Due> for SnapshotActor {
                 log_failure(&logger, kind, &reason);
                 if record {
                     record_error(&pool, srvid, &reason, &logger).await;
+                }
+            }
+            if let Ok((_, _, Ok(report))) = &result {
+                if !report.staged.is_empty() && pool.claim_staging_vacuum() {
+                    spawn_staging_vacuum(&pool, report.staged.clone(), &logger);
                 }
             }
             result

@@ -798,3 +798,88 @@ async fn extensions_in_their_own_schemas_are_found_on_both_sides() {
         .get(0);
     assert_eq!(errors, None);
 }
+
+/// A snapshot that must land without errors.
+async fn clean_snapshot(
+    cluster: &Cluster,
+    repo: &mut Client,
+    remote: &mut Client,
+    srvid: i32,
+) -> SnapshotReport {
+    let report = snapshot(
+        cluster,
+        repo,
+        remote,
+        srvid,
+        Duration::from_secs(30),
+        &mut |_| {},
+    )
+    .await
+    .expect("snapshot");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    report
+}
+
+/// Total size of the powa staging tables, in bytes.
+async fn staging_bytes(repo: &Client) -> i64 {
+    repo.query_one(
+        "SELECT coalesce(sum(pg_catalog.pg_relation_size(c.oid)), 0)::int8 FROM pg_class c \
+         JOIN pg_extension e ON e.extnamespace = c.relnamespace AND e.extname = 'powa' \
+         WHERE c.relkind = 'r' AND c.relname LIKE '%\\_src\\_tmp'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vacuuming_what_a_snapshot_staged_keeps_the_staging_tables_from_growing() {
+    let fleet = fleet();
+    let srvid = fleet.register(0, 30, None).unwrap();
+    fleet.workload(0, 2000).unwrap();
+    let mut repo = fleet.repository.client("powa").await.unwrap();
+    let mut remote = fleet.remotes[0].client("powa").await.unwrap();
+    // Autovacuum would blur what the collector's vacuum does.
+    repo.batch_execute(
+        "DO $$ DECLARE t regclass; BEGIN \
+           FOR t IN SELECT c.oid FROM pg_class c WHERE c.relkind = 'r' \
+                    AND c.relname LIKE '%\\_src\\_tmp' LOOP \
+             EXECUTE pg_catalog.format('ALTER TABLE %s SET (autovacuum_enabled = false)', t); \
+           END LOOP; END $$",
+    )
+    .await
+    .unwrap();
+    let cluster = &fleet.remotes[0];
+    // Without a vacuum, each snapshot appends after the dead rows of the
+    // one before (on PoWA 5 the first one also copies the catalogs, so it
+    // is the largest).
+    let first = clean_snapshot(cluster, &mut repo, &mut remote, srvid).await;
+    assert!(first.staged.len() >= 5, "staged: {:?}", first.staged);
+    let one = staging_bytes(&repo).await;
+    clean_snapshot(cluster, &mut repo, &mut remote, srvid).await;
+    clean_snapshot(cluster, &mut repo, &mut remote, srvid).await;
+    let three = staging_bytes(&repo).await;
+    assert!(
+        three > one + one / 4,
+        "{one} bytes after one snapshot, {three} after three"
+    );
+    // With one after each snapshot, the next COPY reuses the space.
+    // The test's role is a superuser: every staging table is its own.
+    let vacuumed = repository::vacuum_staging(&repo, &first.staged)
+        .await
+        .expect("vacuum");
+    assert_eq!(vacuumed, first.staged.len());
+    for _ in 0..4 {
+        let report = clean_snapshot(cluster, &mut repo, &mut remote, srvid).await;
+        repository::vacuum_staging(&repo, &report.staged)
+            .await
+            .expect("vacuum");
+    }
+    let seven = staging_bytes(&repo).await;
+    assert!(
+        seven <= three,
+        "{three} bytes after three snapshots, {seven} after four more, each vacuumed"
+    );
+    assert_eq!(tmp_rows(&repo, srvid).await, 0);
+}
