@@ -1006,8 +1006,8 @@ fn members(args: &[String]) {
         if !wait_until(Duration::from_secs(60), || settled(&fleet, &names, &srvids)) {
             eprintln!("kill {k}: the fleet did not settle before it");
         }
-        // Let the rejoined member's servers take a snapshot first.
-        std::thread::sleep(Duration::from_secs(frequency as u64 / 2));
+        // A few seconds for the hand-overs to the rejoined member to end.
+        std::thread::sleep(Duration::from_secs(5));
         match kill_one(&fleet, &mut running, &names, victim, freq) {
             Some(t) => {
                 println!(
