@@ -12,6 +12,7 @@
 //!   cargo bench --bench fleet -- scale [servers] [frequency] [window] [collectors]
 //!   cargo bench --bench fleet -- soak [servers] [frequency] [minutes]
 //!   cargo bench --bench fleet -- scrape [servers] [frequency] [window]
+//!   cargo bench --bench fleet -- members [servers] [frequency] [window] [kills] [limit]
 //!   cargo bench --bench fleet -- smoke
 //! Collectors, comma-separated: `fleet`, `fleet:limit=N`, `fleet:threads=N`,
 //! `fleet:sslmode=MODE`, `fleet:bin=PATH` (another build of powa-fleet;
@@ -19,6 +20,7 @@
 //! `1.2.0` (Debian's package) or another version installed from PyPI
 //! (e.g. `1.3.2`). Defaults: compare 100 30 90 fleet,1.3.2,1.2.0.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -924,6 +926,319 @@ fn soak(args: &[String]) {
 }
 
 /// A number below `n`, varied by `salt`, without a generator crate.
+/// A member of a shared fleet, named, with the fleet-wide limit.
+fn start_member(dsn: &str, name: &str, limit: usize) -> Daemon {
+    let config = format!(
+        "[snapshots]\nmax_concurrent = {limit}\n[log]\nlevel = \"warning\"\n\
+         [member]\nname = \"{name}\"\n"
+    );
+    Daemon::start(Path::new(BIN), dsn, &config).unwrap()
+}
+
+/// Member name → the servers its membership session holds, from the
+/// repository's `pg_locks` (key spaces of `actors/src/membership.rs`).
+fn holdings(fleet: &SimFleet) -> BTreeMap<String, Vec<i32>> {
+    let out = fleet
+        .repository
+        .psql(
+            "powa",
+            "SELECT substr(a.application_name, length('powa-fleet: member ') + 1), \
+                    s.objid::int \
+             FROM pg_locks m \
+             JOIN pg_stat_activity a ON a.pid = m.pid \
+             JOIN pg_locks s ON s.pid = m.pid AND s.locktype = 'advisory' \
+                  AND s.objsubid = 2 AND s.classid = x'706f7702'::int::oid \
+             WHERE m.locktype = 'advisory' AND m.objsubid = 2 \
+               AND m.classid = x'706f7701'::int::oid AND m.objid = m.pid::oid",
+        )
+        .unwrap_or_default();
+    let mut held: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for line in out.lines() {
+        if let Some((name, srvid)) = line.rsplit_once('|') {
+            if let Ok(srvid) = srvid.parse() {
+                held.entry(name.to_string()).or_default().push(srvid);
+            }
+        }
+    }
+    held
+}
+
+/// Every one of `names` holds servers, and together they hold `srvids`.
+fn settled(fleet: &SimFleet, names: &[String], srvids: &[i32]) -> bool {
+    let held = holdings(fleet);
+    let mut all: Vec<i32> = held.values().flatten().copied().collect();
+    all.sort_unstable();
+    let mut wanted = srvids.to_vec();
+    wanted.sort_unstable();
+    names
+        .iter()
+        .all(|n| held.get(n).is_some_and(|s| !s.is_empty()))
+        && all == wanted
+}
+
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    done()
+}
+
+/// The most snapshot transactions the repository logged in flight at one
+/// instant between `from` and `to`, whichever member ran them.
+fn most_in_flight(log: &[LoggedSnapshot], from: f64, to: f64) -> usize {
+    let mut events: Vec<(f64, i32)> = log
+        .iter()
+        .filter(|s| s.ended > from && s.started < to)
+        .flat_map(|s| [(s.started, 1), (s.ended, -1)])
+        .collect();
+    // At one instant, a commit before a start.
+    events.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (mut open, mut most) = (0i32, 0i32);
+    for (_, d) in events {
+        open += d;
+        most = most.max(open);
+    }
+    most as usize
+}
+
+/// The closest two committed snapshots of one server after `from`.
+fn closest_pair(log: &[LoggedSnapshot], from: f64) -> f64 {
+    log.windows(2)
+        .filter(|p| p[0].srvid == p[1].srvid && p[0].started > from)
+        .map(|p| p[1].started - p[0].started)
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// One kill -9 of a member and what the repository saw after it.
+struct Takeover {
+    victim: String,
+    servers: usize,
+    /// Until the survivors' membership sessions held every server of the
+    /// victim (polled in `pg_locks` every 250 ms).
+    reclaimed: f64,
+    /// Until every server of the victim had a new committed snapshot.
+    snapshotted: f64,
+    /// The latest of those snapshots past its due time (last snapshot
+    /// before the kill plus one period).
+    late: f64,
+}
+
+fn kill_one(
+    fleet: &SimFleet,
+    daemons: &mut [Daemon],
+    names: &[String],
+    victim: usize,
+    frequency: f64,
+) -> Option<Takeover> {
+    let held = holdings(fleet).remove(&names[victim]).unwrap_or_default();
+    let before = logged_snapshots(&fleet.repository).unwrap();
+    let t_kill = repository_clock(&fleet.repository).unwrap();
+    daemons[victim].signal(Signal::SIGKILL);
+    let _ = daemons[victim].wait_exit(Duration::from_secs(5));
+    let survivors: Vec<String> = names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, n)| n.clone())
+        .collect();
+    let mut reclaimed = None;
+    let reclaimed_in_time = wait_until(Duration::from_secs(60), || {
+        let now = holdings(fleet);
+        let all = held.iter().all(|srvid| {
+            survivors
+                .iter()
+                .any(|n| now.get(n).is_some_and(|s| s.contains(srvid)))
+        });
+        if all {
+            reclaimed = Some(repository_clock(&fleet.repository).unwrap() - t_kill);
+        }
+        all
+    });
+    let mut first_after = BTreeMap::new();
+    let snapshotted_in_time = wait_until(Duration::from_secs_f64(3.0 * frequency + 30.0), || {
+        first_after.clear();
+        for s in logged_snapshots(&fleet.repository).unwrap() {
+            if s.ended > t_kill && held.contains(&s.srvid) {
+                first_after.entry(s.srvid).or_insert(s.ended);
+            }
+        }
+        first_after.len() == held.len()
+    });
+    if !(reclaimed_in_time && snapshotted_in_time) {
+        eprintln!(
+            "kill of {}: reclaimed after {reclaimed:?} s (within 60 s: {reclaimed_in_time}); \
+             {} of {} servers snapshotted again",
+            names[victim],
+            first_after.len(),
+            held.len()
+        );
+        return None;
+    }
+    let mut late = f64::NEG_INFINITY;
+    let mut snapshotted: f64 = 0.0;
+    for (srvid, ended) in &first_after {
+        snapshotted = snapshotted.max(ended - t_kill);
+        let last = before
+            .iter()
+            .filter(|s| s.srvid == *srvid && s.ended <= t_kill)
+            .map(|s| s.ended)
+            .fold(f64::NEG_INFINITY, f64::max);
+        late = late.max(ended - (last + frequency));
+    }
+    Some(Takeover {
+        victim: names[victim].clone(),
+        servers: held.len(),
+        reclaimed: reclaimed.unwrap_or(f64::NAN),
+        snapshotted,
+        late,
+    })
+}
+
+/// Three members against one on the same fleet, with the same fleet-wide
+/// limit: the schedule kept and the snapshots in flight over a window
+/// (counts from the repository's log of committed snapshots), then
+/// repeated kill -9 of one member: the takeover time of its servers.
+fn members(args: &[String]) {
+    let servers: usize = arg(args, 0, 300);
+    let frequency: i32 = arg(args, 1, 30);
+    let window: u64 = arg(args, 2, 60);
+    let kills: usize = arg(args, 3, 10);
+    let limit: usize = arg(args, 4, 2);
+    let freq = frequency as f64;
+    println!(
+        "members: {servers} servers at {frequency}s, limit {limit} fleet-wide, \
+         {window}s window after one period, {kills} kills"
+    );
+    let fleet = SimFleet::build(servers, servers + 60, 200, 0).unwrap();
+    let srvids = fleet.register(0..servers, frequency).unwrap();
+    let dsn = fleet.repository_dsn();
+    println!(
+        "| members | done/scheduled | done % | on rhythm % | max gap s | most in flight | \
+         CPU ms/snapshot (all members) | closest pair s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut running = Vec::new();
+    let mut names = Vec::new();
+    for count in [1usize, 3] {
+        fleet.reset().unwrap();
+        names = (1..=count).map(|i| format!("m{i}")).collect();
+        running = names
+            .iter()
+            .map(|n| start_member(&dsn, n, limit))
+            .collect::<Vec<_>>();
+        let start_clock = repository_clock(&fleet.repository).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(60), || settled(&fleet, &names, &srvids)),
+            "{count} members did not settle: {:?}",
+            holdings(&fleet).keys().collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_secs(frequency as u64 + 10));
+        let pids: Vec<u32> = running.iter().map(|d| d.pid() as u32).collect();
+        let cpu = || {
+            pids.iter()
+                .map(|p| cpu_seconds(*p).unwrap_or(0.0))
+                .sum::<f64>()
+        };
+        let from = repository_clock(&fleet.repository).unwrap();
+        let cpu_before = cpu();
+        std::thread::sleep(Duration::from_secs(window));
+        let to = repository_clock(&fleet.repository).unwrap();
+        let cpu_used = cpu() - cpu_before;
+        let log = logged_snapshots(&fleet.repository).unwrap();
+        let result = window_result(&log, &srvids, freq, from, to);
+        println!(
+            "| {count} | {}/{:.0} | {:.1} | {:.1} | {:.1} | {} (limit {limit}) | {:.1} | {:.2} |",
+            result.done,
+            result.scheduled,
+            100.0 * result.done as f64 / result.scheduled,
+            100.0 * result.on_rhythm,
+            result.max_gap,
+            most_in_flight(&log, from, to),
+            1000.0 * cpu_used / result.done.max(1) as f64,
+            closest_pair(&log, start_clock),
+        );
+        if count == 1 {
+            for d in running.drain(..) {
+                Running::Fleet(d).stop();
+            }
+        }
+    }
+
+    // Repeated kill -9 of one member of three, each restarted once the
+    // survivors took its servers over, and the fleet settled again.
+    let kills_from = repository_clock(&fleet.repository).unwrap();
+    let mut takeovers = Vec::new();
+    println!("| kill | victim | servers held | reclaimed s | all snapshotted again s | latest past due s |");
+    println!("|---|---|---|---|---|---|");
+    for k in 0..kills {
+        let victim = k % names.len();
+        if !wait_until(Duration::from_secs(60), || settled(&fleet, &names, &srvids)) {
+            eprintln!("kill {k}: the fleet did not settle before it");
+        }
+        // A few seconds for the hand-overs to the rejoined member to end.
+        std::thread::sleep(Duration::from_secs(5));
+        match kill_one(&fleet, &mut running, &names, victim, freq) {
+            Some(t) => {
+                println!(
+                    "| {} | {} | {} | {:.2} | {:.1} | {:.1} |",
+                    k + 1,
+                    t.victim,
+                    t.servers,
+                    t.reclaimed,
+                    t.snapshotted,
+                    t.late
+                );
+                takeovers.push(t);
+            }
+            None => println!(
+                "| {} | {} | - | not taken over in time | | |",
+                k + 1,
+                names[victim]
+            ),
+        }
+        running[victim] = start_member(&dsn, &names[victim], limit);
+    }
+    let log = logged_snapshots(&fleet.repository).unwrap();
+    let to = repository_clock(&fleet.repository).unwrap();
+    for d in running.drain(..) {
+        Running::Fleet(d).stop();
+    }
+    let sorted = |f: fn(&Takeover) -> f64| {
+        let mut v: Vec<f64> = takeovers.iter().map(f).collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v
+    };
+    println!(
+        "\ntakeovers: {} of {kills} within the bounds",
+        takeovers.len()
+    );
+    println!("| measure | median s | p90 s | max s |");
+    println!("|---|---|---|---|");
+    for (what, values) in [
+        ("servers reclaimed (pg_locks)", sorted(|t| t.reclaimed)),
+        ("every server snapshotted again", sorted(|t| t.snapshotted)),
+        ("latest snapshot past its due time", sorted(|t| t.late)),
+    ] {
+        println!(
+            "| {what} | {:.2} | {:.2} | {:.2} |",
+            percentile(&values, 0.5),
+            percentile(&values, 0.9),
+            percentile(&values, 1.0)
+        );
+    }
+    println!(
+        "during the kills: most in flight {} (limit {limit}); closest two snapshots \
+         of one server {:.2} s (half a period {:.1} s)",
+        most_in_flight(&log, kills_from, to),
+        closest_pair(&log, kills_from),
+        freq / 2.0
+    );
+}
+
 fn rand_below(n: u64, salt: u64) -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -958,10 +1273,11 @@ fn main() {
         Some("scale") => scale(rest),
         Some("soak") => soak(rest),
         Some("scrape") => scrape(rest),
+        Some("members") => members(rest),
         Some("smoke") => compare(&["4".into(), "5".into(), "10".into(), "fleet".into()]),
         Some(other) => {
             eprintln!(
-                "unknown benchmark {other:?}: compare, datasource, scale, soak, scrape or smoke"
+                "unknown benchmark {other:?}: compare, datasource, scale, soak, scrape, members or smoke"
             );
             std::process::exit(2);
         }

@@ -41,7 +41,13 @@ const SAME_STOP_REQUEST: Duration = Duration::from_secs(1);
 pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
     let logger = logging.logger.clone();
     let flusher = logging.clone();
-    let settings = loaded.settings();
+    let mut settings = loaded.settings();
+    // The member's name is fixed for the life of the process (changing
+    // `member.name` waits for a restart): every session it opens carries it.
+    let name = settings
+        .member_name
+        .get_or_insert_with(membership::default_name)
+        .clone();
     let http_listen = loaded.config.http.address();
     let system = System::new();
     let code = system.block_on(async move {
@@ -75,10 +81,6 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
             logger: logger.clone(),
             escalation: Escalation::EndProcess(fatal.clone()),
         };
-        let name = settings
-            .member_name
-            .clone()
-            .unwrap_or_else(membership::default_name);
         info!(logger, "fleet member"; "name" => &name);
         let fleet = FleetView::new(&name);
         probes.metrics.watch_fleet(fleet.clone());
@@ -119,7 +121,8 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
                         warn!(reload_logger, "changed settings wait for a restart";
                             "settings" => restart_needed.join(", "));
                     }
-                    let settings = loaded.settings();
+                    let mut settings = loaded.settings();
+                    settings.member_name = Some(name.clone());
                     let _ = settings_tx.send(Arc::new(settings.clone()));
                     let _ = http_tx.send(new.http.address());
                     Ok((settings, restart_needed))

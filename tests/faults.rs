@@ -504,12 +504,10 @@ async fn a_commit_cut_off_after_it_went_through_is_not_called_aborted() {
 
 /// Terminate the daemon's LISTEN session on the repository.
 async fn terminate_listener(repo: &Client) -> i64 {
-    let name =
-        powa_fleet_actors::connect::application_name(powa_fleet_actors::connect::LISTENER_ROLE);
     repo.query_one(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE application_name = $1",
-        &[&name],
+         WHERE application_name LIKE 'PoWA collector - main thread (powa-fleet %'",
+        &[],
     )
     .await
     .unwrap()

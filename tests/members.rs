@@ -1,7 +1,8 @@
 //! Several powa-fleet instances on one repository share the fleet: every
 //! server is collected by exactly one member, a member killed, frozen,
 //! added or stopped moves its servers within seconds, no server is ever
-//! snapshotted twice in a period, and every request gets one answer.
+//! snapshotted twice in a period, every request gets one answer, and
+//! every session of a member carries its name.
 //! Counts come from the repository (its own log of committed snapshots and
 //! `pg_locks`), never from the collectors' logs.
 
@@ -133,6 +134,74 @@ fn first_after(repository: &powa_fleet_harness::Cluster, since: f64) -> BTreeMap
     out
 }
 
+/// The `application_name` of every collector session on `cluster`
+/// (powa-fleet's own, and the one powa-web looks for), sorted.
+async fn collector_sessions(cluster: &powa_fleet_harness::Cluster) -> Vec<String> {
+    let client = cluster.client("powa").await.unwrap();
+    let rows = client
+        .query(
+            "SELECT application_name FROM pg_stat_activity \
+             WHERE application_name LIKE 'powa-fleet%' \
+                OR application_name LIKE 'PoWA collector - main thread (%' \
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// Each member's name is in every session it has on the repository (its
+/// listener, named as powa-web looks for it, its membership session, its
+/// pooled sessions) and on the remote servers; none is unnamed.
+async fn sessions_named(fleet: &SimFleet, names: &[&str]) -> Result<(), String> {
+    let on_repository = collector_sessions(&fleet.repository).await;
+    let belongs = |session: &str, name: &str| {
+        session.ends_with(&format!(" @{name}"))
+            || session.ends_with(&format!(" @{name})"))
+            || session == format!("powa-fleet: member {name}")
+    };
+    for session in &on_repository {
+        if !names.iter().any(|name| belongs(session, name)) {
+            return Err(format!("{session:?} names no member: {on_repository:?}"));
+        }
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    for name in names {
+        let listener = format!("PoWA collector - main thread (powa-fleet {version} @{name})");
+        let count = |wanted: &str| on_repository.iter().filter(|s| *s == wanted).count();
+        if count(&listener) != 1 || count(&format!("powa-fleet: member {name}")) != 1 {
+            return Err(format!(
+                "{name}: not one listener and one membership session: {on_repository:?}"
+            ));
+        }
+        if count(&format!("powa-fleet: repository @{name}")) == 0 {
+            return Err(format!(
+                "{name}: no pooled session named: {on_repository:?}"
+            ));
+        }
+    }
+    let mut on_remotes = Vec::new();
+    for remote in &fleet.remotes {
+        on_remotes.extend(collector_sessions(remote).await);
+    }
+    for session in &on_remotes {
+        if !names.iter().any(|name| belongs(session, name)) {
+            return Err(format!(
+                "remote session {session:?} names no member: {on_remotes:?}"
+            ));
+        }
+    }
+    for name in names {
+        if !on_remotes.iter().any(|s| belongs(s, name)) {
+            return Err(format!(
+                "{name} has no remote session named: {on_remotes:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Send `command`, wait for its first answer, then make sure no second
 /// answer comes.
 async fn answers(requester: &mut Requester, command: &str) -> Vec<String> {
@@ -228,6 +297,19 @@ async fn three_members_share_the_fleet_through_kill_freeze_join_stop_and_restart
             "server {srvid}: {n} snapshots in two periods\n{}",
             logs(&[&a, &b, &c])
         );
+    }
+
+    // Every session of each member says whose it is.
+    let mut named = Err(String::new());
+    for _ in 0..10 {
+        named = sessions_named(&fleet, &["a", "b", "c"]).await;
+        if named.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if let Err(why) = named {
+        panic!("{why}");
     }
 
     // One answer to each command, whichever member answers. RELOAD

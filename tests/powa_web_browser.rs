@@ -2,7 +2,7 @@
 //! on PoWA 4.1, 5.0.2 on PoWA 5 (from PyPI, in a private virtual
 //! environment with selenium), served on 127.0.0.1 and driven in headless
 //! Chromium by `tests/powa_web_browser.py`. The configuration page's
-//! Collector Detail must name powa-fleet and its version with a check
+//! Collector Detail must name powa-fleet, its version and the member with a check
 //! mark, the server list and the server's page must show its worker
 //! running, the collector actions must report success, and no page may say
 //! that no collector runs.
@@ -142,7 +142,7 @@ async fn powa_web_shows_powa_fleet_as_the_running_collector() {
     // the hour), so that the test's own forced one is accepted.
     let srvid = fleet.register(0, 3600, None).unwrap();
     let dsn = fleet.repository_dsn();
-    let daemon = Daemon::start(Path::new(BIN), &dsn, "").unwrap();
+    let daemon = Daemon::start(Path::new(BIN), &dsn, "[member]\nname = \"web-1\"\n").unwrap();
     let running = format!("WORKERS_STATUS OK {{\"{srvid}\": \"running\"}}");
     let up = eventually(Duration::from_secs(20), || async {
         let mut client = Requester::connect(&dsn).await.unwrap();
@@ -166,7 +166,8 @@ async fn powa_web_shows_powa_fleet_as_the_running_collector() {
     let web = PowaWeb::start(&env, &fleet.repository);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/powa_web_browser.py");
     let url = web.url.clone();
-    let collector = format!("powa-fleet {VERSION}");
+    // The member's name follows the release inside the parentheses.
+    let collector = format!("powa-fleet {VERSION} @web-1");
     let web_major = if major >= 5 { "5" } else { "4" };
     let out = tokio::task::spawn_blocking({
         let python = env.join("bin/python");

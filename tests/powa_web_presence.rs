@@ -3,7 +3,8 @@
 //! session on the repository whose `application_name` is like
 //! `PoWA collector - main thread (%`, and print what follows `main thread`
 //! as the collector's name and version. These tests run that lookup on the
-//! repository while powa-fleet collects, and while the reference does.
+//! repository while powa-fleet collects (one member, then two: each is a
+//! collector of its own, named), and while the reference does.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -57,19 +58,51 @@ async fn powa_web_finds_powa_fleet_running_and_names_it() {
     let repo = fleet.repository.client("powa").await.unwrap();
     assert!(remote_collectors(&repo).await.is_empty());
 
-    let mut daemon = Daemon::start(Path::new(BIN), &dsn, "").unwrap();
+    let mut daemon = Daemon::start(Path::new(BIN), &dsn, &named("m1")).unwrap();
     let up = eventually(Duration::from_secs(20), || all_running(&dsn, srvid)).await;
     assert!(
         up,
         "powa-fleet never reported its worker:\n{}",
         daemon.log()
     );
-    let expected = vec![(
-        format!("Remote collector (powa-fleet {VERSION})"),
-        "powa".to_string(),
-        "127.0.0.1".to_string(),
-    )];
-    assert_eq!(remote_collectors(&repo).await, expected, "{}", daemon.log());
+    let listed = |names: &[&str]| -> Vec<(String, String, String)> {
+        names
+            .iter()
+            .map(|name| {
+                (
+                    format!("Remote collector (powa-fleet {VERSION} @{name})"),
+                    "powa".to_string(),
+                    "127.0.0.1".to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        remote_collectors(&repo).await,
+        listed(&["m1"]),
+        "{}",
+        daemon.log()
+    );
+
+    // A second member of the fleet is a second remote collector, named.
+    let mut second = Daemon::start(Path::new(BIN), &dsn, &named("m2")).unwrap();
+    let both = eventually(Duration::from_secs(20), || async {
+        remote_collectors(&repo).await == listed(&["m1", "m2"])
+    })
+    .await;
+    assert!(
+        both,
+        "{:?}\n{}",
+        remote_collectors(&repo).await,
+        second.log()
+    );
+    second.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(second.wait_exit(Duration::from_secs(15)).is_some());
+    let one = eventually(Duration::from_secs(5), || async {
+        remote_collectors(&repo).await == listed(&["m1"])
+    })
+    .await;
+    assert!(one, "{:?}", remote_collectors(&repo).await);
 
     // Once powa-fleet is gone, powa-web must say no collector runs.
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
@@ -79,6 +112,11 @@ async fn powa_web_finds_powa_fleet_running_and_names_it() {
     })
     .await;
     assert!(gone, "a main-thread session outlived powa-fleet");
+}
+
+/// A configuration naming the member.
+fn named(name: &str) -> String {
+    format!("[member]\nname = \"{name}\"\n")
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -90,17 +90,27 @@ pub const LISTENER_ROLE: &str = "listener";
 /// session so. powa-fleet's listener is that session.
 const PRESENCE_PREFIX: &str = "PoWA collector - main thread";
 
-/// `powa-fleet` plus a role (`repository`, a server name), cut to what
-/// PostgreSQL keeps, on a character boundary. The listener's name is the
-/// one powa-web looks for, naming powa-fleet and its version.
-pub fn application_name(role: &str) -> String {
-    let name = if role == LISTENER_ROLE {
-        format!("{PRESENCE_PREFIX} (powa-fleet {VERSION})")
+/// `powa-fleet` plus a role (`repository`, a server name) and the member
+/// the session belongs to (` @name`), cut to what PostgreSQL keeps, on a
+/// character boundary: the member part is the one cut, so the role stays
+/// readable. The listener's name is the one powa-web looks for, naming
+/// powa-fleet, its version and the member inside the parentheses powa-web
+/// prints, so that each member of a fleet shows as a collector of its own.
+pub fn application_name(role: &str, member: Option<&str>) -> String {
+    let (head, tail) = if role == LISTENER_ROLE {
+        (format!("{PRESENCE_PREFIX} (powa-fleet {VERSION}"), ")")
     } else {
-        format!("powa-fleet: {role}")
+        (format!("powa-fleet: {role}"), "")
     };
-    truncate(&name, APPLICATION_NAME_MAX).to_owned()
+    let room = APPLICATION_NAME_MAX.saturating_sub(head.len() + MEMBER_MARK.len() + tail.len());
+    match member.map(|name| truncate(name, room)) {
+        Some(name) if !name.is_empty() => format!("{head}{MEMBER_MARK}{name}{tail}"),
+        _ => truncate(&format!("{head}{tail}"), APPLICATION_NAME_MAX).to_owned(),
+    }
 }
+
+/// What separates a session's role from its member's name.
+const MEMBER_MARK: &str = " @";
 
 /// An open session, whether it is encrypted, and where PoWA's objects are
 /// in its database.
@@ -345,7 +355,7 @@ pub fn tcp_user_timeout(settings: &Settings) -> Duration {
 /// caller ([`connect`] does it).
 pub fn apply_common(config: &mut Config, settings: &Settings, role: &str) {
     config
-        .application_name(application_name(role))
+        .application_name(application_name(role, settings.member_name.as_deref()))
         .connect_timeout(settings.connect_timeout)
         .keepalives(true)
         .keepalives_idle(settings.keepalive_idle)
@@ -448,15 +458,38 @@ mod tests {
 
     #[test]
     fn application_name_is_bounded() {
-        assert_eq!(application_name("repository"), "powa-fleet: repository");
-        let long = application_name(&"é".repeat(100));
+        assert_eq!(
+            application_name("repository", None),
+            "powa-fleet: repository"
+        );
+        let long = application_name(&"é".repeat(100), None);
         assert!(long.len() <= APPLICATION_NAME_MAX);
         assert!(long.starts_with("powa-fleet: é"));
     }
 
     #[test]
+    fn application_name_names_the_member_and_cuts_it_first() {
+        assert_eq!(
+            application_name("repository", Some("db1:42")),
+            "powa-fleet: repository @db1:42"
+        );
+        // The member part is cut on a character boundary; the role stays.
+        let name = application_name("repository", Some(&"é".repeat(40)));
+        assert!(name.len() <= APPLICATION_NAME_MAX, "{name}");
+        assert!(name.starts_with("powa-fleet: repository @é"), "{name}");
+        assert!(name.len() >= APPLICATION_NAME_MAX - 1, "{name}");
+        // A role that fills the room leaves the member out rather than
+        // showing half of a mark.
+        let role = "r".repeat(70);
+        assert_eq!(
+            application_name(&role, Some("db1")),
+            format!("powa-fleet: {}", &role[..APPLICATION_NAME_MAX - 12])
+        );
+    }
+
+    #[test]
     fn listener_is_named_as_powa_web_looks_for_it() {
-        let name = application_name(LISTENER_ROLE);
+        let name = application_name(LISTENER_ROLE, None);
         assert_eq!(
             name,
             format!("PoWA collector - main thread (powa-fleet {VERSION})")
@@ -467,6 +500,24 @@ mod tests {
             &name[PRESENCE_PREFIX.len()..],
             format!(" (powa-fleet {VERSION})")
         );
+    }
+
+    #[test]
+    fn listener_names_its_member_inside_what_powa_web_shows() {
+        let name = application_name(LISTENER_ROLE, Some("db1:42"));
+        assert_eq!(
+            &name[PRESENCE_PREFIX.len()..],
+            format!(" (powa-fleet {VERSION} @db1:42)")
+        );
+        // However long the member name, the session keeps powa-web's
+        // pattern and its closing parenthesis, within 63 bytes.
+        let name = application_name(LISTENER_ROLE, Some(&"é".repeat(40)));
+        assert!(name.len() <= APPLICATION_NAME_MAX, "{name}");
+        assert!(
+            name.starts_with(&format!("{PRESENCE_PREFIX} (powa-fleet {VERSION} @é")),
+            "{name}"
+        );
+        assert!(name.ends_with("é)"), "{name}");
     }
 
     #[test]

@@ -126,7 +126,11 @@ impl MemberActor {
             return;
         }
         self.busy = true;
-        let settings = self.settings.clone();
+        // The membership session's role carries the member's name already.
+        let settings = Arc::new(Settings {
+            member_name: None,
+            ..(*self.settings).clone()
+        });
         let role = format!("{MEMBER_ROLE}{}", self.view.get().name);
         let deadline = settings.connect_timeout + BEAT_DEADLINE;
         let fut = async move {

@@ -64,7 +64,7 @@ pub fn default_name() -> String {
 
 /// The name as it can be read back from `application_name` (63 bytes).
 pub fn visible_name(name: &str) -> String {
-    let full = crate::connect::application_name(&format!("{MEMBER_ROLE}{name}"));
+    let full = crate::connect::application_name(&format!("{MEMBER_ROLE}{name}"), None);
     member_name(&full).unwrap_or_default().to_string()
 }
 

@@ -1,8 +1,11 @@
 //! When each server's next snapshot is due (pure arithmetic, no clock).
 //!
 //! The rhythm survives restarts: the first due time comes from the
-//! repository's `snapts`. When that is unknown or older than one period
-//! (first start, or a collector stopped for a while), the server pretends
+//! repository's `snapts`. A fresh worker whose snapshot fell due less than
+//! one period ago (a server taken over from a lost member, a collector
+//! restarted within a period) takes it at once, on the server's grid.
+//! When `snapts` is unknown or older (first start, a collector stopped
+//! for a while), or the worker is retrying after a failure, the server pretends
 //! its last snapshot happened a random number of seconds ago, so a fleet
 //! started at once spreads over the period instead of firing together.
 //! After that, due times stay on the grid `first + k × frequency`: they are
@@ -22,12 +25,17 @@ pub enum LastSnapshot {
     At(SystemTime),
 }
 
-/// The first due time after (re)connecting. `random_below(n)` must return
-/// a number in `0..n`.
+/// The first due time after (re)connecting. With `take_overdue`, a
+/// snapshot due less than one period ago is taken at once, on the server's
+/// grid (a worker that just took the server over from a lost member, or
+/// a collector restarted within a period); otherwise, and for anything
+/// older, the first snapshot is spread over one period. `random_below(n)`
+/// must return a number in `0..n`.
 pub fn first_due(
     now: SystemTime,
     last: &LastSnapshot,
     frequency: Duration,
+    take_overdue: bool,
     random_below: impl FnOnce(u64) -> u64,
 ) -> SystemTime {
     if let LastSnapshot::At(at) = last {
@@ -36,6 +44,9 @@ pub fn first_due(
             // Keep the rhythm, but never trust a snapts from the future
             // (clock skew) for more than one period.
             return next.min(now + frequency);
+        }
+        if take_overdue && now < next + frequency {
+            return next;
         }
     }
     let period = frequency.as_secs().max(1);
@@ -74,7 +85,13 @@ mod tests {
 
     #[test]
     fn a_recent_snapshot_keeps_the_rhythm() {
-        let due = first_due(t(1000), &LastSnapshot::At(t(900)), F, |_| unreachable!());
+        let due = first_due(
+            t(1000),
+            &LastSnapshot::At(t(900)),
+            F,
+            true,
+            |_| unreachable!(),
+        );
         assert_eq!(due, t(1200));
     }
 
@@ -82,20 +99,32 @@ mod tests {
     fn unknown_or_stale_snapshots_are_spread_over_one_period() {
         for last in [LastSnapshot::Never, LastSnapshot::At(t(100))] {
             assert_eq!(
-                first_due(t(1000), &last, F, |n| {
+                first_due(t(1000), &last, F, true, |n| {
                     assert_eq!(n, 300);
                     0
                 }),
                 t(1300)
             );
-            assert_eq!(first_due(t(1000), &last, F, |_| 299), t(1001));
+            assert_eq!(first_due(t(1000), &last, F, true, |_| 299), t(1001));
         }
     }
 
     #[test]
     fn a_snapts_in_the_future_is_capped() {
-        let due = first_due(t(1000), &LastSnapshot::At(t(5000)), F, |_| 0);
+        let due = first_due(t(1000), &LastSnapshot::At(t(5000)), F, true, |_| 0);
         assert_eq!(due, t(1300));
+    }
+
+    #[test]
+    fn a_snapshot_due_less_than_a_period_ago_is_taken_at_once_on_its_grid() {
+        // Due at 1150, 50 s ago: taken now, and the grid stays 1150 + k × F.
+        let last = LastSnapshot::At(t(850));
+        let due = first_due(t(1200), &last, F, true, |_| unreachable!());
+        assert_eq!(due, t(1150));
+        assert_eq!(next_due(due, F, t(1201)), (t(1450), 0));
+        // After a failure the retry is spread instead.
+        let due = first_due(t(1200), &last, F, false, |_| 100);
+        assert_eq!(due, t(1400));
     }
 
     #[test]

@@ -656,9 +656,18 @@ impl Handler<Connect> for SnapshotActor {
                     act.life.work_ended(Some(remote));
                     act.report.tls = Some(tls);
                     let frequency = Duration::from_secs(act.spec.frequency.into());
-                    let due = schedule::first_due(SystemTime::now(), &last, frequency, |n| {
-                        rand::random::<u64>() % n.max(1)
-                    });
+                    // A fresh worker (start-up, a server taken over from a
+                    // lost member) takes a snapshot it just missed at once;
+                    // after a failure the backoff and the spreading pace
+                    // the retries.
+                    let take_overdue = act.failures == 0;
+                    let due = schedule::first_due(
+                        SystemTime::now(),
+                        &last,
+                        frequency,
+                        take_overdue,
+                        |n| rand::random::<u64>() % n.max(1),
+                    );
                     info!(act.logger, "connected"; "next_snapshot_in_secs" =>
                         due.duration_since(SystemTime::now()).unwrap_or_default().as_secs());
                     // `running` means healthy: after a failure, the server
