@@ -9,8 +9,10 @@
 
 use std::time::Duration;
 
+use futures_util::future::poll_fn;
 use thiserror::Error;
-use tokio_postgres::{Client, Config};
+use tokio::sync::watch;
+use tokio_postgres::{AsyncMessage, Client, Config};
 
 use crate::error::{classify, pg_message, ErrorKind};
 use crate::layout::Layout;
@@ -118,6 +120,10 @@ pub struct Session {
     pub client: Client,
     pub tls: bool,
     pub layout: Layout,
+    /// Counts the notifications the session receives: on the repository,
+    /// a session waiting for a fleet-wide slot listens for their release
+    /// (see [`crate::fencing::wait_for_slot`]).
+    pub notified: watch::Receiver<u64>,
 }
 
 /// Parse the repository DSN into a config and its TLS options (the `ssl*`
@@ -320,9 +326,15 @@ async fn connect_with_note(
                 source,
                 note,
             })?;
+    let (notify, notified) = watch::channel(0u64);
+    let mut connection = connection;
     tokio::spawn(async move {
         // The error, if any, surfaces on the client's next query.
-        let _ = connection.await;
+        while let Some(Ok(message)) = poll_fn(|cx| connection.poll_message(cx)).await {
+            if let AsyncMessage::Notification(_) = message {
+                notify.send_modify(|count| *count += 1);
+            }
+        }
     });
     let layout = tokio::time::timeout(settings.connect_timeout, prepare_session(&client, settings))
         .await
@@ -332,6 +344,7 @@ async fn connect_with_note(
         client,
         tls: connector.used(),
         layout,
+        notified,
     })
 }
 

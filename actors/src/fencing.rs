@@ -20,11 +20,17 @@
 //! first), then opens its transaction and moves the lock to it, so that
 //! its commit or rollback frees the slot whatever happens to the member,
 //! and the snapshot's time (its transaction's start) lies inside its slot.
+//! The same statement queues a NOTIFY, delivered when the transaction
+//! commits, that is when the slot is free again: the waiting sessions
+//! listen for it and ask at once, so that a slot freed by one member does
+//! not stay idle until another member's next poll. The poll remains for
+//! the slots freed by a rollback, which notifies nobody.
 
 use std::time::Duration;
 
 use futures_util::future::try_join;
 use thiserror::Error;
+use tokio::sync::watch;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::GenericClient;
 
@@ -72,6 +78,7 @@ impl Fence {
 pub async fn wait_for_slot(
     client: &tokio_postgres::Client,
     fence: &Fence,
+    mut freed: Option<watch::Receiver<u64>>,
 ) -> Result<i32, tokio_postgres::Error> {
     let slots = i32::try_from(fence.slots.max(1)).unwrap_or(i32::MAX);
     // The LIMIT stops at the first lock taken: one slot per snapshot.
@@ -92,23 +99,52 @@ pub async fn wait_for_slot(
         try_slot(),
     )
     .await?;
+    if row.is_none() {
+        if let Some(freed) = &mut freed {
+            // Every slot taken: listen for their release (the session
+            // stops listening after its snapshot, see `take_snapshot`),
+            // and ask again in the same round trip, in case one was freed
+            // before the LISTEN.
+            freed.borrow_and_update();
+            (_, row) = try_join(client.batch_execute(LISTEN), try_slot()).await?;
+        }
+    }
     let mut attempts = 0;
     loop {
         if let Some(row) = row {
             return Ok(row.get(0));
         }
-        tokio::time::sleep(fence.slot_poll(attempts)).await;
+        let poll = fence.slot_poll(attempts);
+        match &mut freed {
+            // A closed connection ends the wait through the next attempt.
+            Some(freed) => {
+                let _ = tokio::time::timeout(poll, freed.changed()).await;
+                freed.borrow_and_update();
+            }
+            None => tokio::time::sleep(poll).await,
+        }
         attempts += 1;
         row = try_slot().await?;
     }
 }
 
+/// The channel of slot releases, and what a session waiting for a slot
+/// and done with it sends.
+const SLOT_FREED: &str = "powa_fleet_slot_freed";
+const LISTEN: &str = "LISTEN powa_fleet_slot_freed";
+pub const UNLISTEN: &str = "UNLISTEN powa_fleet_slot_freed";
+
 /// Move the slot from the session to the transaction: from now on its
 /// commit or rollback frees it, whatever happens to the member.
 pub async fn hand_slot_to(tx: &impl GenericClient, slot: i32) -> Result<(), tokio_postgres::Error> {
     tx.query_typed(
-        "SELECT pg_catalog.pg_advisory_xact_lock($1, $2), pg_catalog.pg_advisory_unlock($1, $2)",
-        &[(&SLOT_SPACE, Type::INT4), (&slot, Type::INT4)],
+        "SELECT pg_catalog.pg_advisory_xact_lock($1, $2), pg_catalog.pg_advisory_unlock($1, $2), \
+         pg_catalog.pg_notify($3, '')",
+        &[
+            (&SLOT_SPACE, Type::INT4),
+            (&slot, Type::INT4),
+            (&SLOT_FREED, Type::TEXT),
+        ],
     )
     .await?;
     Ok(())

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use thiserror::Error;
+use tokio::sync::watch;
 use tokio_postgres::{Client, Transaction};
 
 use crate::copy::{pipe, PipeError};
@@ -147,6 +148,10 @@ pub struct Job<'a> {
     /// What the snapshot must prove before it writes (several members);
     /// `None` writes unconditionally (one snapshot driven by hand).
     pub fence: Option<Fence>,
+    /// Changes when a fleet-wide slot may just have been freed (the
+    /// repository session's notifications): a snapshot waiting for one
+    /// asks again at once instead of at its next poll.
+    pub slot_freed: Option<watch::Receiver<u64>>,
 }
 
 /// How many statements `plan` left out because the remote role cannot see

@@ -57,6 +57,9 @@ pub struct MemberActor {
     session: Option<Arc<Client>>,
     /// A connection or a heartbeat is in flight.
     busy: bool,
+    /// The server list changed during a heartbeat: beat again after it,
+    /// not a heartbeat period later.
+    beat_again: bool,
     /// When the next connection attempt may start.
     retry_at: Option<tokio::time::Instant>,
     failures: u32,
@@ -77,6 +80,7 @@ impl MemberActor {
             supervisor: None,
             session: None,
             busy: false,
+            beat_again: false,
             retry_at: None,
             failures: 0,
             srvids: Vec::new(),
@@ -220,7 +224,12 @@ impl MemberActor {
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
             act.busy = false;
             match result {
-                Ok(beat) => act.apply(beat, ctx),
+                Ok(beat) => {
+                    act.apply(beat, ctx);
+                    if std::mem::take(&mut act.beat_again) {
+                        act.tick(ctx);
+                    }
+                }
                 Err(e) => act.lost(&e),
             }
         }));
@@ -321,6 +330,7 @@ impl Handler<Servers> for MemberActor {
         srvids.sort_unstable();
         self.view.update(|v| v.known = srvids.clone());
         self.srvids = srvids;
+        self.beat_again = self.busy;
         self.tick(ctx);
     }
 }

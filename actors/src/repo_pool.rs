@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::Client;
 
 use crate::connect::{connect_repository, statement_deadline, ConnectError};
@@ -59,6 +59,7 @@ struct Idle {
     client: Client,
     layout: Arc<Layout>,
     home: ThreadId,
+    notified: watch::Receiver<u64>,
 }
 
 /// A checked-out repository session; goes back to the pool when dropped,
@@ -68,6 +69,8 @@ pub struct PooledClient {
     layout: Arc<Layout>,
     /// The thread whose runtime drives the session's connection task.
     home: ThreadId,
+    /// The count of notifications the session received.
+    notified: watch::Receiver<u64>,
     pool: RepoPool,
     /// Held longer than this, the session is closed rather than reused:
     /// its user was cut off by its deadline, maybe mid-statement.
@@ -141,6 +144,7 @@ impl RepoPool {
                     client: Some(idle.client),
                     layout: idle.layout,
                     home: idle.home,
+                    notified: idle.notified,
                     pool: self.clone(),
                     suspect_after,
                     _open: open,
@@ -154,6 +158,7 @@ impl RepoPool {
             client: Some(session.client),
             layout: Arc::new(session.layout),
             home: here,
+            notified: session.notified,
             pool: self.clone(),
             suspect_after,
             _open: open,
@@ -190,6 +195,11 @@ impl PooledClient {
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
+
+    /// Changes with every notification the session receives.
+    pub fn notified(&self) -> watch::Receiver<u64> {
+        self.notified.clone()
+    }
 }
 
 impl Deref for PooledClient {
@@ -216,6 +226,7 @@ impl Drop for PooledClient {
                 client,
                 layout: self.layout.clone(),
                 home: self.home,
+                notified: self.notified.clone(),
             });
         }
     }

@@ -134,7 +134,7 @@ pub async fn take_snapshot(
     // snapshot's time (its transaction's start) is inside its slot.
     let slot = match &job.fence {
         Some(fence) => Some(
-            fencing::wait_for_slot(repo_client, fence)
+            fencing::wait_for_slot(repo_client, fence, job.slot_freed.clone())
                 .await
                 .map_err(repo("waiting for a fleet-wide slot"))?,
         ),
@@ -314,8 +314,10 @@ pub async fn take_snapshot(
         return Err(repo("committing")(e));
     }
     // powa_take_snapshot renames the session; give the pooled session its
-    // own name back (RESET restores the one set at connection).
-    if let Err(e) = repo_client.batch_execute("RESET application_name").await {
+    // own name back (RESET restores the one set at connection). A session
+    // that waited for a slot stops listening for their release.
+    let reset = format!("RESET application_name; {}", fencing::UNLISTEN);
+    if let Err(e) = repo_client.batch_execute(&reset).await {
         report
             .warnings
             .push(format!("resetting application_name: {}", pg_message(&e)));
@@ -436,6 +438,7 @@ mod tests {
             catalogs: &refresh,
             open_database: &no_database,
             fence: None,
+            slot_freed: None,
         };
         let plan = global_plan(
             &job,
@@ -469,6 +472,7 @@ mod tests {
             catalogs: &refresh,
             open_database: &no_database,
             fence: None,
+            slot_freed: None,
         };
         let external = global_plan(
             &job,

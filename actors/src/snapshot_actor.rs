@@ -795,6 +795,7 @@ impl Handler<Due> for SnapshotActor {
                     remote: &remote.layout,
                     catalogs: &catalogs,
                     open_database: &*open_database,
+                    slot_freed: Some(repo.notified()),
                 };
                 let outcome =
                     take_snapshot(&mut repo, &mut remote.client, &job, &mut observer).await;

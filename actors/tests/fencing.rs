@@ -54,6 +54,7 @@ async fn fenced_snapshot(
         catalogs: &catalogs,
         open_database: &open,
         fence: Some(fence),
+        slot_freed: None,
     };
     take_snapshot(repo, remote, &job, observer).await
 }

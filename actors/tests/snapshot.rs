@@ -79,6 +79,7 @@ async fn snapshot_as(
         catalogs: &catalogs,
         open_database: &open,
         fence: None,
+        slot_freed: None,
     };
     take_snapshot(repo, remote, &job, observer).await
 }
