@@ -15,8 +15,8 @@ use tokio_postgres::Client;
 
 mod common;
 use common::{
-    collecting, collecting_with, fleet, snapshots_reach, start, workers_status, Collecting, BIN,
-    FAST,
+    collecting, collecting_with, collector_sessions, fleet, snapshots_reach, start, workers_status,
+    Collecting, BIN, FAST,
 };
 
 /// Peak resident memory of a process, in KiB (`VmHWM`).
@@ -221,18 +221,6 @@ async fn a_password_on_the_command_line_is_refused_before_anything_starts() {
         daemon.log()
     );
     assert!(daemon.is_alive());
-}
-
-/// Collector sessions open on a cluster.
-async fn collector_sessions(client: &Client) -> i64 {
-    client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '%powa-fleet%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
