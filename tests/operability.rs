@@ -344,10 +344,9 @@ fn receive_until(
     false
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn systemd_hears_ready_reloading_watchdog_and_stopping() {
-    let fleet = fleet(1);
-    fleet.register(0, 5, None).unwrap();
+/// A socket standing for systemd's: its directory (kept while in use),
+/// the socket, and its path for `NOTIFY_SOCKET`.
+fn notify_socket() -> (tempfile::TempDir, UnixDatagram, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&path).unwrap();
@@ -355,6 +354,14 @@ async fn systemd_hears_ready_reloading_watchdog_and_stopping() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let path_text = path.display().to_string();
+    (dir, socket, path_text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_hears_ready_reloading_watchdog_and_stopping() {
+    let fleet = fleet(1);
+    fleet.register(0, 5, None).unwrap();
+    let (_dir, socket, path_text) = notify_socket();
     let mut daemon = Daemon::start_with_env(
         Path::new(BIN),
         &fleet.repository_dsn(),
@@ -428,13 +435,7 @@ async fn systemd_hears_ready_reloading_watchdog_and_stopping() {
 async fn a_wedged_actor_fails_healthz_stops_the_watchdog_and_ends_the_process() {
     let fleet = fleet(1);
     fleet.register(0, 5, None).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let path_text = path.display().to_string();
+    let (_dir, socket, path_text) = notify_socket();
     let address = free_address();
     let mut daemon = Daemon::start_with_env(
         Path::new(BIN),
