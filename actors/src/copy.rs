@@ -2,13 +2,19 @@
 //! into `COPY ... FROM STDIN` on the repository, one CopyData message at a
 //! time. Memory stays bounded by [`BATCH`] whatever the size of the
 //! datasource (the reference collector buffers it whole).
+//!
+//! Each round trip costs the collector a wake-up and a send on top of the
+//! work itself, and a snapshot copies each datasource again and again:
+//! COPY statements are prepared once per session ([`Prepared`]), and how a
+//! repository savepoint ends goes out with the next statement
+//! ([`Staging`]).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::future::try_join;
 use futures_util::{pin_mut, SinkExt, StreamExt};
-use tokio_postgres::{Error, Transaction};
+use tokio_postgres::{CopyInSink, CopyOutStream, Error, Statement, Transaction};
 
 /// Rows are gathered up to this many bytes before they go to the
 /// repository as one CopyData message. The remote sends one message per
@@ -17,6 +23,87 @@ use tokio_postgres::{Error, Transaction};
 /// at 64 KiB a snapshot of a few MB costs tens of writes instead of
 /// hundreds, for 64 KiB of memory while it runs.
 pub const BATCH: usize = 64 * 1024;
+
+/// The COPY statements one session has prepared, by their text. A COPY's
+/// text is the same at every snapshot of a server, and PostgreSQL resolves
+/// the names in a prepared COPY when it runs, not when it is prepared, so
+/// a statement stays right across PoWA upgrades.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    by_text: HashMap<String, Statement>,
+}
+
+impl Prepared {
+    /// A session sees a few dozen texts at most (its datasources and staging
+    /// tables); past this many, something keeps changing them (PoWA's
+    /// functions edited by hand, say): start again rather than grow.
+    const MAX: usize = 128;
+
+    /// The prepared `sql`, preparing it on `tx`'s session the first time.
+    pub async fn statement(&mut self, tx: &Transaction<'_>, sql: &str) -> Result<Statement, Error> {
+        if let Some(statement) = self.by_text.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = tx.prepare(sql).await?;
+        if self.by_text.len() >= Self::MAX {
+            self.by_text.clear();
+        }
+        self.by_text.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+}
+
+/// The repository side of a snapshot's copies: each datasource goes into
+/// its staging table under the savepoint [`Staging::SAVEPOINT`], and how
+/// that savepoint ends (released, or rolled back after a failure) is sent
+/// ahead of the next statement instead of on a round trip of its own.
+#[derive(Debug)]
+pub struct Staging<'p> {
+    pub prepared: &'p mut Prepared,
+    ending: Option<&'static str>,
+}
+
+impl<'p> Staging<'p> {
+    pub const SAVEPOINT: &'static str = "powa_fleet_data";
+
+    pub fn new(prepared: &'p mut Prepared) -> Staging<'p> {
+        Staging {
+            prepared,
+            ending: None,
+        }
+    }
+
+    /// SQL to put in front of the next statement sent on the transaction
+    /// (empty when nothing is pending); every statement after the copies
+    /// must start with it.
+    pub fn take_ending(&mut self) -> &'static str {
+        self.ending.take().unwrap_or("")
+    }
+
+    /// The last copy landed: keep its rows.
+    pub fn landed(&mut self) {
+        self.ending = Some("RELEASE SAVEPOINT powa_fleet_data; ");
+    }
+
+    /// The last copy failed: drop whatever it wrote.
+    pub fn failed(&mut self) {
+        self.ending =
+            Some("ROLLBACK TO SAVEPOINT powa_fleet_data; RELEASE SAVEPOINT powa_fleet_data; ");
+    }
+
+    /// What opens the next copy into `table`: the last one's ending, its
+    /// own savepoint, and the table's lock. The lock comes first, alone:
+    /// a `COPY ... FROM STDIN` that fails before copying starts (a lock
+    /// timeout, say) leaves the tokio-postgres session unusable, which
+    /// would cost the whole snapshot instead of this datasource.
+    pub fn opening(&mut self, table: &str) -> String {
+        format!(
+            "{}SAVEPOINT {}; LOCK TABLE {table} IN ROW EXCLUSIVE MODE",
+            self.take_ending(),
+            Self::SAVEPOINT
+        )
+    }
+}
 
 /// What one pipe moved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -48,39 +135,17 @@ async fn from_remote<T>(
     }
 }
 
-/// Stream the output of `source_sql` (a `COPY ... TO STDOUT`) on `remote`
-/// into `sink_sql` (a `COPY ... FROM STDIN`) on `repository`. On error the
+/// Stream `source` (a started `COPY ... TO STDOUT` on the remote) into
+/// `sink` (a started `COPY ... FROM STDIN` on the repository). On error the
 /// unfinished sink is dropped, which aborts the COPY on the repository.
-///
-/// `sink_table` is locked first with a plain statement: a `COPY ... FROM
-/// STDIN` that fails before copying starts (a lock timeout on the table,
-/// say) leaves the tokio-postgres session unusable, which would cost the
-/// whole snapshot instead of this datasource.
 ///
 /// The remote side must answer within `remote_silence` at every step, so
 /// that a frozen server is given up quickly whatever the datasource's size.
 pub async fn pipe(
     remote_silence: Duration,
-    remote: &Transaction<'_>,
-    repository: &Transaction<'_>,
-    source_sql: &str,
-    sink_table: &str,
-    sink_sql: &str,
+    source: CopyOutStream,
+    sink: CopyInSink<Bytes>,
 ) -> Result<Copied, PipeError> {
-    // The lock and the COPY's preparation are sent at once (pipelined on
-    // the session, run in that order): a failed lock is the error seen.
-    let lock = format!("LOCK TABLE {sink_table} IN ROW EXCLUSIVE MODE");
-    let (_, sink_statement) = try_join(
-        repository.batch_execute(&lock),
-        repository.prepare(sink_sql),
-    )
-    .await
-    .map_err(PipeError::Sink)?;
-    let source = from_remote(remote_silence, remote.copy_out(source_sql)).await?;
-    let sink = repository
-        .copy_in::<_, Bytes>(&sink_statement)
-        .await
-        .map_err(PipeError::Sink)?;
     pin_mut!(source);
     pin_mut!(sink);
     let mut bytes = 0u64;

@@ -25,6 +25,7 @@ use slog::{debug, error, info, o, warn, Logger};
 use tokio_postgres::Client;
 
 use crate::connect::{connect_remote, connect_remote_database};
+use crate::copy::Prepared;
 use crate::error::{backoff_delay, classify, pg_message, retry_policy, ErrorKind, Retry};
 use crate::fencing::Fence;
 use crate::gate::Gate;
@@ -409,6 +410,7 @@ async fn within<T>(
 struct Remote {
     client: Client,
     layout: Layout,
+    prepared: Prepared,
 }
 
 impl SnapshotActor {
@@ -632,6 +634,7 @@ impl Handler<Connect> for SnapshotActor {
             let remote = Remote {
                 client: session.client,
                 layout: session.layout,
+                prepared: session.prepared,
             };
             Box::pin(bookkeeping(&pool, &remote.client, spec.srvid, &settings)).await?;
             Ok(Connected { remote, tls, last })
@@ -797,8 +800,16 @@ impl Handler<Due> for SnapshotActor {
                     open_database: &*open_database,
                     slot_freed: Some(repo.notified()),
                 };
-                let outcome =
-                    take_snapshot(&mut repo, &mut remote.client, &job, &mut observer).await;
+                let (repo_client, repo_prepared) = repo.with_prepared();
+                let outcome = take_snapshot(
+                    repo_client,
+                    repo_prepared,
+                    &mut remote.client,
+                    &mut remote.prepared,
+                    &job,
+                    &mut observer,
+                )
+                .await;
                 Ok((remote, waited, outcome))
             })
             .await
