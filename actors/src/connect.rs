@@ -338,6 +338,10 @@ async fn connect_with_note(
                 notify.send_modify(|count| *count += 1);
             }
         }
+        // The client reads as closed before the watchers of `notify` learn
+        // that the connection ended.
+        drop(connection);
+        drop(notify);
     });
     let layout = tokio::time::timeout(settings.connect_timeout, prepare_session(&client, settings))
         .await
