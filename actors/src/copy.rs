@@ -12,7 +12,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use std::pin::Pin;
+
 use bytes::{Bytes, BytesMut};
+use futures_util::future::{maybe_done, BoxFuture, MaybeDone};
 use futures_util::{pin_mut, SinkExt, StreamExt};
 use tokio_postgres::{CopyInSink, CopyOutStream, Error, Statement, Transaction};
 
@@ -54,13 +57,63 @@ impl Prepared {
 }
 
 /// The repository side of a snapshot's copies: each datasource goes into
-/// its staging table under the savepoint [`Staging::SAVEPOINT`], and how
-/// that savepoint ends (released, or rolled back after a failure) is sent
-/// ahead of the next statement instead of on a round trip of its own.
-#[derive(Debug)]
+/// its staging table under the savepoint [`Staging::SAVEPOINT`]; how that
+/// savepoint ends (released, or rolled back after a failure) is sent ahead
+/// of the next statement instead of on a round trip of its own, and the
+/// last copy's answer is read with that statement's ([`Landing`]).
 pub struct Staging<'p> {
     pub prepared: &'p mut Prepared,
     ending: Option<&'static str>,
+    /// The last copy, if its answer is not read yet.
+    pub landing: Option<Landing>,
+    /// The staging tables copies landed in, in the order they did.
+    pub staged: Vec<String>,
+}
+
+/// A started `COPY ... FROM STDIN` on the repository, movable.
+pub type Sink = Pin<Box<CopyInSink<Bytes>>>;
+
+/// The end of a copy: the rows it wrote.
+type Finish = BoxFuture<'static, Result<u64, Error>>;
+
+/// A copy whose rows and end (`CopyDone`) are sent, its answer not read
+/// yet: it is read with the answer of the statement sent after it.
+pub struct Landing {
+    answer: Pin<Box<MaybeDone<Finish>>>,
+    /// The datasource, for the report.
+    pub name: String,
+    pub table: String,
+    pub bytes: u64,
+    /// Errors for the report once the copy has landed (statements the
+    /// remote role could not see).
+    pub notes: Vec<String>,
+}
+
+impl Landing {
+    /// Send `sink`'s end now; [`Landing::rows`] reads its answer.
+    pub async fn start(mut sink: Sink, name: String, table: String, bytes: u64) -> Landing {
+        let finish: Finish = Box::pin(async move { sink.as_mut().finish().await });
+        let mut answer = Box::pin(maybe_done(finish));
+        // One poll sends what can go now; tokio-postgres sends nothing of
+        // a later request before this copy's end, whoever polls first.
+        let _ = futures_util::poll!(answer.as_mut());
+        Landing {
+            answer,
+            name,
+            table,
+            bytes,
+            notes: Vec::new(),
+        }
+    }
+
+    /// The rows the copy wrote, or why it failed.
+    pub async fn rows(&mut self) -> Result<u64, Error> {
+        self.answer.as_mut().await;
+        self.answer
+            .as_mut()
+            .take_output()
+            .expect("the answer is read once")
+    }
 }
 
 impl<'p> Staging<'p> {
@@ -70,26 +123,38 @@ impl<'p> Staging<'p> {
         Staging {
             prepared,
             ending: None,
+            landing: None,
+            staged: Vec::new(),
         }
     }
 
     /// SQL to put in front of the next statement sent on the transaction
     /// (empty when nothing is pending); every statement after the copies
-    /// must start with it.
+    /// must start with it, once the landing (if any) is settled.
     pub fn take_ending(&mut self) -> &'static str {
         self.ending.take().unwrap_or("")
     }
 
     /// The last copy landed: keep its rows.
     pub fn landed(&mut self) {
-        self.ending = Some("RELEASE SAVEPOINT powa_fleet_data; ");
+        self.ending = Some(Self::RELEASE);
     }
 
     /// The last copy failed: drop whatever it wrote.
     pub fn failed(&mut self) {
-        self.ending =
-            Some("ROLLBACK TO SAVEPOINT powa_fleet_data; RELEASE SAVEPOINT powa_fleet_data; ");
+        self.ending = Some(Self::ROLLBACK);
     }
+
+    /// Rows landed in `table` (named once).
+    pub fn stage(&mut self, table: &str) {
+        if !self.staged.iter().any(|t| t == table) {
+            self.staged.push(table.to_owned());
+        }
+    }
+
+    pub const RELEASE: &'static str = "RELEASE SAVEPOINT powa_fleet_data; ";
+    pub const ROLLBACK: &'static str =
+        "ROLLBACK TO SAVEPOINT powa_fleet_data; RELEASE SAVEPOINT powa_fleet_data; ";
 
     /// What opens the next copy into `table`: the last one's ending, its
     /// own savepoint, and the table's lock. The lock comes first, alone:
@@ -103,13 +168,6 @@ impl<'p> Staging<'p> {
             Self::SAVEPOINT
         )
     }
-}
-
-/// What one pipe moved.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Copied {
-    pub rows: u64,
-    pub bytes: u64,
 }
 
 /// Which side of the pipe failed.
@@ -136,8 +194,10 @@ async fn from_remote<T>(
 }
 
 /// Stream `source` (a started `COPY ... TO STDOUT` on the remote) into
-/// `sink` (a started `COPY ... FROM STDIN` on the repository). On error the
-/// unfinished sink is dropped, which aborts the COPY on the repository.
+/// `sink` (a started `COPY ... FROM STDIN` on the repository), and send the
+/// end of the copy: the sink comes back to read its answer (see
+/// [`Landing`]), with the bytes moved. On error the unfinished sink is
+/// dropped, which aborts the COPY on the repository.
 ///
 /// The remote side must answer within `remote_silence` at every step, so
 /// that a frozen server is given up quickly whatever the datasource's size.
@@ -145,9 +205,9 @@ pub async fn pipe(
     remote_silence: Duration,
     source: CopyOutStream,
     sink: CopyInSink<Bytes>,
-) -> Result<Copied, PipeError> {
+) -> Result<(Sink, u64), PipeError> {
     pin_mut!(source);
-    pin_mut!(sink);
+    let mut sink = Box::pin(sink);
     let mut bytes = 0u64;
     let mut batch = BytesMut::new();
     while let Some(chunk) = from_remote(remote_silence, async { Ok(source.next().await) }).await? {
@@ -159,14 +219,17 @@ pub async fn pipe(
         batch.extend_from_slice(&chunk);
         if batch.len() >= BATCH - 1024 {
             // `feed`, not `send`: no flush of the socket per message.
-            sink.feed(std::mem::take(&mut batch).freeze())
+            sink.as_mut()
+                .feed(std::mem::take(&mut batch).freeze())
                 .await
                 .map_err(PipeError::Sink)?;
         }
     }
     if !batch.is_empty() {
-        sink.feed(batch.freeze()).await.map_err(PipeError::Sink)?;
+        sink.as_mut()
+            .feed(batch.freeze())
+            .await
+            .map_err(PipeError::Sink)?;
     }
-    let rows = sink.as_mut().finish().await.map_err(PipeError::Sink)?;
-    Ok(Copied { rows, bytes })
+    Ok((sink, bytes))
 }

@@ -10,12 +10,12 @@ use std::future::Future;
 use std::pin::{pin, Pin};
 use std::time::Duration;
 
-use futures_util::future::{join, maybe_done, BoxFuture, MaybeDone};
+use futures_util::future::{join, join3, maybe_done, BoxFuture, MaybeDone};
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio_postgres::{Client, Transaction};
 
-use crate::copy::{pipe, PipeError, Prepared, Staging};
+use crate::copy::{pipe, Landing, PipeError, Prepared, Staging};
 use crate::error::{classify, pg_message, ErrorKind};
 use crate::fencing::{Fence, Fenced};
 use crate::layout::Layout;
@@ -121,8 +121,16 @@ pub(crate) fn repo(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> 
 /// Progress events, for logs and for tests that inject faults.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    DatasourceDone { module: String, rows: u64 },
-    DatasourceFailed { module: String, error: String },
+    DatasourceDone {
+        module: String,
+        /// The staging table it landed in.
+        table: String,
+        rows: u64,
+    },
+    DatasourceFailed {
+        module: String,
+        error: String,
+    },
     BeforeTakeSnapshot,
 }
 
@@ -241,6 +249,66 @@ impl CatalogRefresh {
     }
 }
 
+/// Read the answer of the last copy, sent ahead of what follows, and
+/// record how it ended; the next statement must start with
+/// [`Staging::take_ending`].
+pub(crate) async fn settle(
+    staging: &mut Staging<'_>,
+    report: &mut SnapshotReport,
+    observer: &mut dyn FnMut(Step),
+) -> Result<(), SnapshotError> {
+    if let Some(mut landing) = staging.landing.take() {
+        let rows = landing.rows().await;
+        if record_landing(staging, landing, rows, report, observer)? {
+            staging.landed();
+        } else {
+            staging.failed();
+        }
+    }
+    Ok(())
+}
+
+/// What a landing's answer means for the report: `Ok(true)` when the rows
+/// are in, `Ok(false)` when the datasource failed alone.
+fn record_landing(
+    staging: &mut Staging<'_>,
+    landing: Landing,
+    rows: Result<u64, tokio_postgres::Error>,
+    report: &mut SnapshotReport,
+    observer: &mut dyn FnMut(Step),
+) -> Result<bool, SnapshotError> {
+    match rows {
+        Ok(rows) => {
+            staging.stage(&landing.table);
+            report.datasources += 1;
+            report.rows += rows;
+            report.bytes += landing.bytes;
+            report.errors.extend(landing.notes);
+            observer(Step::DatasourceDone {
+                module: landing.name,
+                table: landing.table,
+                rows,
+            });
+            Ok(true)
+        }
+        Err(e) if is_lost(&e) => Err(repo("copying a datasource")(e)),
+        Err(e) => {
+            let error = format!(
+                "{}: error while inserting into {}: {}",
+                landing.name,
+                landing.table,
+                pg_message(&e)
+            );
+            observer(Step::DatasourceFailed {
+                module: landing.name,
+                error: error.clone(),
+            });
+            report.errors.push(error);
+            Ok(false)
+        }
+    }
+}
+
 /// The remote's savepoint around one datasource.
 const SOURCE_SAVEPOINT: &str = "SAVEPOINT powa_fleet_src";
 
@@ -270,14 +338,17 @@ async fn remote_within<T>(
         })
 }
 
-/// Copy one datasource under a savepoint on both sides. `Ok(true)` when it
-/// landed, `Ok(false)` when it failed alone (recorded in the report), `Err`
-/// when the failure costs the whole snapshot.
+/// Copy one datasource under a savepoint on both sides. A datasource that
+/// fails alone is recorded in the report; `Err` is a failure that costs
+/// the whole snapshot. The copy's own answer is read with the next
+/// statement's ([`settle`], or the next call).
 ///
 /// The statements of each side are sent at once and answered in order:
 /// on the remote the savepoint, the COPY, the count of hidden statements
-/// and the savepoint's end; on the repository the last copy's ending, the
-/// savepoint and the lock, then the COPY once the lock is held.
+/// and the savepoint's end; on the repository the last copy's answer, its
+/// savepoint's ending (a release, betting that it landed: when it did
+/// not, the bet fails as a whole and is sent again with a rollback), this
+/// copy's savepoint and lock, then the COPY once the lock is held.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn copy_one(
     remote_silence: Duration,
@@ -288,26 +359,54 @@ pub(crate) async fn copy_one(
     plan: &CopyPlan,
     report: &mut SnapshotReport,
     observer: &mut dyn FnMut(Step),
-) -> Result<bool, SnapshotError> {
+) -> Result<(), SnapshotError> {
     let source_started = join(remote_tx.batch_execute(SOURCE_SAVEPOINT), async {
         let statement = remote_prepared.statement(remote_tx, &plan.source).await?;
         remote_tx.copy_out(&statement).await
     });
+    let mut landing = staging.landing.take();
+    if landing.is_some() {
+        staging.landed();
+    }
     let opening = staging.opening(&plan.table);
-    // Until the copy lands, whatever happens (this database's session
+    // Until this copy lands, whatever happens (this database's session
     // lost, say), the next statement rolls it back.
     staging.failed();
     let sink_sql = plan.sink();
+    let landed = async {
+        match &mut landing {
+            Some(landing) => Some(landing.rows().await),
+            None => None,
+        }
+    };
     let sink_ready = join(
         repo_tx.batch_execute(&opening),
         staging.prepared.statement(repo_tx, &sink_sql),
     );
     let what = "copying a datasource";
-    let (source_started, (locked, sink_statement)) = join(
+    let (source_started, landed, (mut locked, mut sink_statement)) = join3(
         remote_within(remote_silence, what, source_started),
+        landed,
         sink_ready,
     )
     .await;
+    // The last copy's outcome first, whatever happens to this one.
+    if let (Some(last), Some(rows)) = (landing, landed) {
+        if !record_landing(staging, last, rows, report, observer)? {
+            // The bet on a release failed whole: send it again with the
+            // last copy's rollback.
+            let opening = format!(
+                "{}{}",
+                Staging::ROLLBACK,
+                &opening[Staging::RELEASE.len()..]
+            );
+            (locked, sink_statement) = join(
+                repo_tx.batch_execute(&opening),
+                staging.prepared.statement(repo_tx, &sink_sql),
+            )
+            .await;
+        }
+    }
     let (savepoint, source) = source_started?;
     savepoint.map_err(remote("opening a savepoint"))?;
     // Sent now, answered once the COPY is done.
@@ -331,17 +430,14 @@ pub(crate) async fn copy_one(
             Err(e) => Err(PipeError::Sink(e)),
         },
     };
-    let mut rows = 0;
     let error = match piped {
-        Ok(copied) => {
-            rows = copied.rows;
-            report.datasources += 1;
-            report.rows += copied.rows;
-            report.bytes += copied.bytes;
+        Ok((sink, bytes)) => {
+            let landing = Landing::start(sink, plan.name.clone(), plan.table.clone(), bytes).await;
+            let landing = staging.landing.insert(landing);
             remote_within(remote_silence, "counting hidden statements", count.as_mut()).await?;
             match count.as_mut().take_output().flatten() {
-                Some(Ok(row)) => report
-                    .errors
+                Some(Ok(row)) => landing
+                    .notes
                     .extend(hidden_statements_error(plan, row.get(0))),
                 Some(Err(e)) if is_lost(&e) => return Err(remote("counting hidden statements")(e)),
                 Some(Err(e)) => report.warnings.push(format!(
@@ -379,22 +475,12 @@ pub(crate) async fn copy_one(
     if let Some(Err(e)) = end.as_mut().take_output() {
         return Err(remote(what)(e));
     }
-    match error {
-        None => {
-            staging.landed();
-            observer(Step::DatasourceDone {
-                module: plan.name.clone(),
-                rows,
-            });
-            Ok(true)
-        }
-        Some(error) => {
-            observer(Step::DatasourceFailed {
-                module: plan.name.clone(),
-                error: error.clone(),
-            });
-            report.errors.push(error);
-            Ok(false)
-        }
+    if let Some(error) = error {
+        observer(Step::DatasourceFailed {
+            module: plan.name.clone(),
+            error: error.clone(),
+        });
+        report.errors.push(error);
     }
+    Ok(())
 }

@@ -12,16 +12,14 @@
 //! own rows only (an error for the server); a remote that stops answering
 //! costs the snapshot, as elsewhere.
 
-use std::collections::BTreeSet;
-
 use futures_util::future::{join, try_join};
 use tokio_postgres::Transaction;
 
 use crate::copy::{Prepared, Staging};
 use crate::error::pg_message;
 use crate::job::{
-    copy_one, is_lost, on_remote, remote, repo, CatalogRefresh, CopyPlan, Job, SnapshotError,
-    SnapshotReport, Step,
+    copy_one, is_lost, on_remote, remote, repo, settle, CatalogRefresh, CopyPlan, Job,
+    SnapshotError, SnapshotReport, Step,
 };
 use crate::repository::{self, quote_literal, Catalog, DbDatasource};
 use crate::server::SrvId;
@@ -73,7 +71,7 @@ pub fn plan_database(
 }
 
 /// Copy the per-database datasources and catalogs of every remote
-/// database; returns the staging tables written to.
+/// database (the staging tables written to are in `staging`).
 pub(crate) async fn copy_all(
     job: &Job<'_>,
     remote_tx: &Transaction<'_>,
@@ -81,7 +79,7 @@ pub(crate) async fn copy_all(
     staging: &mut Staging<'_>,
     report: &mut SnapshotReport,
     observer: &mut dyn FnMut(Step),
-) -> Result<Vec<String>, SnapshotError> {
+) -> Result<(), SnapshotError> {
     let silence = job.remote_silence;
     let what = "reading the remote databases";
     let row = on_remote(
@@ -113,12 +111,12 @@ pub(crate) async fn copy_all(
     .map(|r| r.get(0))
     .collect();
 
+    settle(staging, report, observer).await?;
     let Some((datasources, catalogs)) =
         read_plans(job, repo_tx, staging, server_version_num, report).await?
     else {
-        return Ok(Vec::new());
+        return Ok(());
     };
-    let mut staged = BTreeSet::new();
     for dbname in &databases {
         let plans = plan_database(
             job.srvid,
@@ -169,10 +167,7 @@ pub(crate) async fn copy_all(
                 observer,
             );
             match copied.await {
-                Ok(true) => {
-                    staged.insert(plan.table.clone());
-                }
-                Ok(false) => {}
+                Ok(()) => {}
                 // This database's session only: the others go on.
                 Err(e @ SnapshotError::Remote { .. }) => {
                     report.errors.push(format!("database {dbname}: {e}"));
@@ -184,7 +179,7 @@ pub(crate) async fn copy_all(
         // Read-only: how it ends changes nothing.
         let _ = on_remote(silence, "ending a transaction", db_tx.commit()).await;
     }
-    Ok(staged.into_iter().collect())
+    Ok(())
 }
 
 /// The per-database datasources and the catalogs of the server, read under

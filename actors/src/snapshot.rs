@@ -22,7 +22,7 @@ use tokio_postgres::{Client, GenericClient, Transaction};
 use crate::copy::{Prepared, Staging};
 use crate::error::pg_message;
 use crate::fencing::{self, Fenced};
-use crate::job::{copy_one, is_lost, on_remote, remote, repo};
+use crate::job::{copy_one, is_lost, on_remote, remote, repo, settle};
 pub use crate::job::{
     CatalogRefresh, CopyPlan, Job, OpenDatabase, SnapshotError, SnapshotReport, Step,
 };
@@ -199,8 +199,6 @@ pub async fn take_snapshot(
         .await?
         .map_err(remote(what))?;
 
-    // Staging tables written to, emptied again if the snapshot is refused.
-    let mut staged = Vec::new();
     let mut staging = Staging::new(repo_prepared);
     for ds in &datasources {
         match global_plan(job, ds) {
@@ -215,9 +213,7 @@ pub async fn take_snapshot(
                     &mut report,
                     observer,
                 );
-                if copied.await? {
-                    staged.push(plan.table);
-                }
+                copied.await?;
             }
             Err(error) => {
                 observer(Step::DatasourceFailed {
@@ -240,19 +236,20 @@ pub async fn take_snapshot(
         }
     }
     if layout.generation() == Generation::Five {
-        staged.extend(
-            per_database::copy_all(
-                job,
-                &remote_tx,
-                &repo_tx,
-                &mut staging,
-                &mut report,
-                observer,
-            )
-            .await?,
-        );
+        per_database::copy_all(
+            job,
+            &remote_tx,
+            &repo_tx,
+            &mut staging,
+            &mut report,
+            observer,
+        )
+        .await?;
     }
 
+    settle(&mut staging, &mut report, observer).await?;
+    // Staging tables written to, emptied again if the snapshot is refused.
+    let staged = std::mem::take(&mut staging.staged);
     observer(Step::BeforeTakeSnapshot);
     // The last copy's ending, the savepoint and the call go out at once.
     let opening = format!("{}SAVEPOINT powa_take_snapshot", staging.take_ending());

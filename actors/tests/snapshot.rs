@@ -474,6 +474,93 @@ async fn copy_statements_are_prepared_once_and_follow_a_recreated_staging_table(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn rows_the_repository_rejects_cost_only_their_datasource_first_or_last() {
+    let fleet = fleet();
+    let srvid = fleet.register(0, 30, None).unwrap();
+    let mut repo = fleet.repository.client("powa").await.unwrap();
+    let mut remote = fleet.remotes[0].client("powa").await.unwrap();
+    let silence = Duration::from_secs(30);
+    let cluster = &fleet.remotes[0];
+    // The second snapshot is the steady state (on PoWA 5 the first one
+    // also copies every catalog): which tables get rows, in which order.
+    let mut landed = vec![];
+    for _ in 0..2 {
+        fleet.workload(0, 50).unwrap();
+        landed.clear();
+        let report = snapshot(
+            cluster,
+            &mut repo,
+            &mut remote,
+            srvid,
+            silence,
+            &mut |step| {
+                if let Step::DatasourceDone { table, rows, .. } = step {
+                    if rows > 0 && !landed.contains(&table) {
+                        landed.push(table);
+                    }
+                }
+            },
+        )
+        .await
+        .expect("a clean snapshot");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+    }
+    assert!(landed.len() >= 3, "{landed:?}");
+    // The first and the last copy with rows are refused by the repository
+    // while their rows go in: the copy after the first must land, and the
+    // last one's failure is read just before powa_take_snapshot.
+    let refused = [landed[0].clone(), landed[landed.len() - 1].clone()];
+    for table in &refused {
+        fleet
+            .repository
+            .psql(
+                "powa",
+                &format!("ALTER TABLE {table} ADD CONSTRAINT refused CHECK (false) NOT VALID"),
+            )
+            .unwrap();
+    }
+    fleet.workload(0, 50).unwrap();
+    let mut failed = vec![];
+    let report = snapshot(
+        cluster,
+        &mut repo,
+        &mut remote,
+        srvid,
+        silence,
+        &mut |step| {
+            if let Step::DatasourceFailed { module, .. } = step {
+                failed.push(module);
+            }
+        },
+    )
+    .await
+    .expect("the snapshot goes on");
+    assert_eq!(report.not_recorded, None);
+    assert!(failed.len() >= 2, "{failed:?} {:?}", report.errors);
+    assert_eq!(report.errors.len(), failed.len(), "{:?}", report.errors);
+    assert!(report
+        .errors
+        .iter()
+        .all(|e| e.contains("error while inserting into")));
+    for table in &refused {
+        assert!(
+            report.errors.iter().any(|e| e.contains(table.as_str())),
+            "{table}: {:?}",
+            report.errors
+        );
+    }
+    for table in &landed[1..landed.len() - 1] {
+        assert!(
+            report.staged.contains(table),
+            "{table}: {:?}",
+            report.staged
+        );
+    }
+    let (_, errors, _) = metas(&repo, srvid).await;
+    assert_eq!(errors.as_deref(), Some(&report.errors[..]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_remote_killed_mid_snapshot_leaves_nothing_behind() {
     let fleet = fleet();
     let srvid = fleet.register(0, 30, None).unwrap();
