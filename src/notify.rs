@@ -83,6 +83,11 @@ impl Systemd {
 
     /// Start the thread.
     pub fn spawn(&self, probes: Probes, logger: Logger) -> std::io::Result<()> {
+        // Not under systemd: nothing to say, no thread waking ten times a
+        // second to say it.
+        if std::env::var_os("NOTIFY_SOCKET").is_none() {
+            return Ok(());
+        }
         let watchdog = watchdog_interval().map(|usec| usec / 2);
         let shared = self.clone();
         std::thread::Builder::new()

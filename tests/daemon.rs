@@ -1256,3 +1256,69 @@ async fn refresh_db_cat_copies_the_named_catalogs_again_at_the_next_snapshot() {
     assert!(answer.starts_with("REFRESH_DB_CAT ERROR "), "{answer}");
     drop(daemon);
 }
+
+/// The pids of the daemon's sessions on a cluster.
+async fn collector_pids(client: &Client) -> Vec<i32> {
+    client
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE '%powa-fleet%' \
+             ORDER BY pid",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_session_lost_between_snapshots_is_noticed_and_reopened() {
+    let fleet = fleet(1);
+    // Hours between snapshots: only the session's own end can tell.
+    fleet.register(0, 3600, None).unwrap();
+    let daemon = start(&fleet, FAST);
+    let connected = eventually(Duration::from_secs(30), || async {
+        daemon.log().contains("INFO connected")
+    })
+    .await;
+    assert!(connected, "not connected:\n{}", daemon.log());
+    let remote = fleet.remotes[0].client("powa").await.unwrap();
+    let before = collector_pids(&remote).await;
+    assert_eq!(
+        before.len(),
+        1,
+        "one session on the remote: {before:?}\n{}",
+        daemon.log()
+    );
+    remote
+        .execute("SELECT pg_terminate_backend($1)", &[&before[0]])
+        .await
+        .unwrap();
+    let reopened = eventually(Duration::from_secs(15), || async {
+        let now = collector_pids(&remote).await;
+        now.len() == 1 && now != before
+    })
+    .await;
+    assert!(reopened, "no new session on the remote:\n{}", daemon.log());
+    assert!(
+        daemon
+            .log()
+            .contains("connection to the remote server lost"),
+        "{}",
+        daemon.log()
+    );
+    // Connected again, and saying what happened until a snapshot succeeds.
+    let dsn = fleet.repository_dsn();
+    let told = eventually(Duration::from_secs(10), || async {
+        workers_status(&dsn, Duration::from_secs(2))
+            .await
+            .is_some_and(|s| s.contains("restarting in") && s.contains("remote server lost"))
+    })
+    .await;
+    assert!(
+        told,
+        "{:?}",
+        workers_status(&dsn, Duration::from_secs(2)).await
+    );
+}

@@ -14,6 +14,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tokio_postgres::{AsyncMessage, Client, Config};
 
+use crate::copy::Prepared;
 use crate::error::{classify, pg_message, ErrorKind};
 use crate::layout::Layout;
 use crate::pgpass::{self, Lookup};
@@ -124,6 +125,8 @@ pub struct Session {
     /// a session waiting for a fleet-wide slot listens for their release
     /// (see [`crate::fencing::wait_for_slot`]).
     pub notified: watch::Receiver<u64>,
+    /// The COPY statements prepared on it so far.
+    pub prepared: Prepared,
 }
 
 /// Parse the repository DSN into a config and its TLS options (the `ssl*`
@@ -335,6 +338,10 @@ async fn connect_with_note(
                 notify.send_modify(|count| *count += 1);
             }
         }
+        // The client reads as closed before the watchers of `notify` learn
+        // that the connection ended.
+        drop(connection);
+        drop(notify);
     });
     let layout = tokio::time::timeout(settings.connect_timeout, prepare_session(&client, settings))
         .await
@@ -345,6 +352,7 @@ async fn connect_with_note(
         tls: connector.used(),
         layout,
         notified,
+        prepared: Prepared::default(),
     })
 }
 

@@ -6,14 +6,16 @@
 //! both sides.
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{join, join3, maybe_done, BoxFuture, MaybeDone};
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio_postgres::{Client, Transaction};
 
-use crate::copy::{pipe, PipeError};
+use crate::copy::{pipe, Landing, PipeError, Prepared, Staging};
 use crate::error::{classify, pg_message, ErrorKind};
 use crate::fencing::{Fence, Fenced};
 use crate::layout::Layout;
@@ -119,8 +121,16 @@ pub(crate) fn repo(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> 
 /// Progress events, for logs and for tests that inject faults.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    DatasourceDone { module: String, rows: u64 },
-    DatasourceFailed { module: String, error: String },
+    DatasourceDone {
+        module: String,
+        /// The staging table it landed in.
+        table: String,
+        rows: u64,
+    },
+    DatasourceFailed {
+        module: String,
+        error: String,
+    },
     BeforeTakeSnapshot,
 }
 
@@ -154,58 +164,27 @@ pub struct Job<'a> {
     pub slot_freed: Option<watch::Receiver<u64>>,
 }
 
-/// How many statements `plan` left out because the remote role cannot see
-/// their `queryid`: counted only when the role lacks `pg_read_all_stats`
-/// (superusers have it), so a well-granted role pays nothing.
-async fn hidden_statements(
-    remote_silence: Duration,
-    remote_tx: &mut Transaction<'_>,
-    plan: &CopyPlan,
-    report: &mut SnapshotReport,
-) -> Result<(), SnapshotError> {
-    let sql = format!(
+/// The query counting the statements `plan` left out because the remote
+/// role cannot see their `queryid`: counted only when the role lacks
+/// `pg_read_all_stats` (superusers have it), so a well-granted role pays
+/// nothing.
+fn hidden_statements_sql(plan: &CopyPlan) -> String {
+    format!(
         "SELECT CASE WHEN pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE') THEN 0 \
          ELSE (SELECT pg_catalog.count(*) FROM {} WHERE queryid IS NULL) END",
         plan.source_label
-    );
-    // Under its own savepoint: a failed count (a timeout) must not abort
-    // the copy it follows.
-    let what = "opening a savepoint";
-    let sp = on_remote(
-        remote_silence,
-        what,
-        remote_tx.savepoint("powa_fleet_hidden"),
     )
-    .await?
-    .map_err(remote(what))?;
-    let what = "counting hidden statements";
-    match on_remote(remote_silence, what, sp.query_typed_one(&sql, &[])).await? {
-        Ok(row) => {
-            let hidden: i64 = row.get(0);
-            if hidden > 0 {
-                report.errors.push(format!(
-                    "{}: {hidden} statements of other roles not copied: the remote role \
-                     sees them with a NULL queryid (grant it pg_read_all_stats)",
-                    plan.name
-                ));
-            }
-            let what = "releasing a savepoint";
-            on_remote(remote_silence, what, sp.commit())
-                .await?
-                .map_err(remote(what))?;
-        }
-        Err(e) if is_lost(&e) => return Err(remote(what)(e)),
-        Err(e) => {
-            report
-                .warnings
-                .push(format!("{}: {what}: {}", plan.name, pg_message(&e)));
-            let what = "rolling back a savepoint";
-            on_remote(remote_silence, what, sp.rollback())
-                .await?
-                .map_err(remote(what))?;
-        }
-    }
-    Ok(())
+}
+
+/// The error stored for `hidden` statements left out, if any.
+fn hidden_statements_error(plan: &CopyPlan, hidden: i64) -> Option<String> {
+    (hidden > 0).then(|| {
+        format!(
+            "{}: {hidden} statements of other roles not copied: the remote role \
+             sees them with a NULL queryid (grant it pg_read_all_stats)",
+            plan.name
+        )
+    })
 }
 
 /// One copy from the remote into a staging table of the repository.
@@ -270,95 +249,238 @@ impl CatalogRefresh {
     }
 }
 
-/// Copy one datasource under a savepoint on both sides. `Ok(true)` when it
-/// landed, `Ok(false)` when it failed alone (recorded in the report), `Err`
-/// when the failure costs the whole snapshot.
-pub(crate) async fn copy_one(
-    remote_silence: Duration,
-    remote_tx: &mut Transaction<'_>,
-    repo_tx: &mut Transaction<'_>,
-    plan: &CopyPlan,
+/// Read the answer of the last copy, sent ahead of what follows, and
+/// record how it ended; the next statement must start with
+/// [`Staging::take_ending`].
+pub(crate) async fn settle(
+    staging: &mut Staging<'_>,
+    report: &mut SnapshotReport,
+    observer: &mut dyn FnMut(Step),
+) -> Result<(), SnapshotError> {
+    if let Some(mut landing) = staging.landing.take() {
+        let rows = landing.rows().await;
+        if record_landing(staging, landing, rows, report, observer)? {
+            staging.landed();
+        } else {
+            staging.failed();
+        }
+    }
+    Ok(())
+}
+
+/// What a landing's answer means for the report: `Ok(true)` when the rows
+/// are in, `Ok(false)` when the datasource failed alone.
+fn record_landing(
+    staging: &mut Staging<'_>,
+    landing: Landing,
+    rows: Result<u64, tokio_postgres::Error>,
     report: &mut SnapshotReport,
     observer: &mut dyn FnMut(Step),
 ) -> Result<bool, SnapshotError> {
-    let what = "opening a savepoint";
-    let mut remote_sp = on_remote(remote_silence, what, remote_tx.savepoint("powa_fleet_src"))
-        .await?
-        .map_err(remote(what))?;
-    let repo_sp = repo_tx
-        .savepoint("powa_fleet_data")
-        .await
-        .map_err(repo("opening a savepoint"))?;
-    let piped = pipe(
-        remote_silence,
-        &remote_sp,
-        &repo_sp,
-        &plan.source,
-        &plan.table,
-        &plan.sink(),
-    )
-    .await;
-    match piped {
-        Ok(copied) => {
-            if plan.skips_hidden_statements {
-                hidden_statements(remote_silence, &mut remote_sp, plan, report).await?;
-            }
-            let what = "releasing a savepoint";
-            on_remote(remote_silence, what, remote_sp.commit())
-                .await?
-                .map_err(remote(what))?;
-            repo_sp
-                .commit()
-                .await
-                .map_err(repo("releasing a savepoint"))?;
+    match rows {
+        Ok(rows) => {
+            staging.stage(&landing.table);
             report.datasources += 1;
-            report.rows += copied.rows;
-            report.bytes += copied.bytes;
+            report.rows += rows;
+            report.bytes += landing.bytes;
+            report.errors.extend(landing.notes);
             observer(Step::DatasourceDone {
-                module: plan.name.clone(),
-                rows: copied.rows,
+                module: landing.name,
+                table: landing.table,
+                rows,
             });
             Ok(true)
         }
-        Err(failure) => {
-            let error = match failure {
-                PipeError::Source(e) if is_lost(&e) => {
-                    return Err(remote("copying a datasource")(e))
-                }
-                PipeError::Sink(e) if is_lost(&e) => return Err(repo("copying a datasource")(e)),
-                PipeError::Silent(limit) => {
-                    return Err(SnapshotError::RemoteSilent {
-                        what: "copying a datasource",
-                        secs: limit.as_secs(),
-                    })
-                }
-                PipeError::Source(e) => format!(
-                    "{}: error while calling {} on the remote server: {}",
-                    plan.name,
-                    plan.source_label,
-                    pg_message(&e)
-                ),
-                PipeError::Sink(e) => format!(
-                    "{}: error while inserting into {}: {}",
-                    plan.name,
-                    plan.table,
-                    pg_message(&e)
-                ),
-            };
-            let what = "rolling back a savepoint";
-            on_remote(remote_silence, what, remote_sp.rollback())
-                .await?
-                .map_err(remote(what))?;
-            repo_sp
-                .rollback()
-                .await
-                .map_err(repo("rolling back a savepoint"))?;
+        Err(e) if is_lost(&e) => Err(repo("copying a datasource")(e)),
+        Err(e) => {
+            let error = format!(
+                "{}: error while inserting into {}: {}",
+                landing.name,
+                landing.table,
+                pg_message(&e)
+            );
             observer(Step::DatasourceFailed {
-                module: plan.name.clone(),
+                module: landing.name,
                 error: error.clone(),
             });
             report.errors.push(error);
             Ok(false)
         }
     }
+}
+
+/// The remote's savepoint around one datasource.
+const SOURCE_SAVEPOINT: &str = "SAVEPOINT powa_fleet_src";
+
+/// Ends the remote's savepoint whatever the copy did: it only read, so
+/// there is nothing to keep, and the end can go out before the copy's
+/// outcome is known, right behind it.
+const SOURCE_END: &str = "ROLLBACK TO SAVEPOINT powa_fleet_src; RELEASE SAVEPOINT powa_fleet_src";
+
+/// A request polled once, which makes tokio-postgres send it now (requests
+/// go out in the order they are first polled); its answer is awaited
+/// later, after the answers of the requests sent before it.
+async fn send_now<F: Future>(fut: Pin<&mut MaybeDone<F>>) {
+    let _ = futures_util::poll!(fut);
+}
+
+/// `fut`, unless the remote stays silent for `limit`.
+async fn remote_within<T>(
+    limit: Duration,
+    what: &'static str,
+    fut: impl Future<Output = T>,
+) -> Result<T, SnapshotError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| SnapshotError::RemoteSilent {
+            what,
+            secs: limit.as_secs(),
+        })
+}
+
+/// Copy one datasource under a savepoint on both sides. A datasource that
+/// fails alone is recorded in the report; `Err` is a failure that costs
+/// the whole snapshot. The copy's own answer is read with the next
+/// statement's ([`settle`], or the next call).
+///
+/// The statements of each side are sent at once and answered in order:
+/// on the remote the savepoint, the COPY, the count of hidden statements
+/// and the savepoint's end; on the repository the last copy's answer, its
+/// savepoint's ending (a release, betting that it landed: when it did
+/// not, the bet fails as a whole and is sent again with a rollback), this
+/// copy's savepoint and lock, then the COPY once the lock is held.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn copy_one(
+    remote_silence: Duration,
+    remote_tx: &Transaction<'_>,
+    remote_prepared: &mut Prepared,
+    repo_tx: &Transaction<'_>,
+    staging: &mut Staging<'_>,
+    plan: &CopyPlan,
+    report: &mut SnapshotReport,
+    observer: &mut dyn FnMut(Step),
+) -> Result<(), SnapshotError> {
+    let source_started = join(remote_tx.batch_execute(SOURCE_SAVEPOINT), async {
+        let statement = remote_prepared.statement(remote_tx, &plan.source).await?;
+        remote_tx.copy_out(&statement).await
+    });
+    let mut landing = staging.landing.take();
+    if landing.is_some() {
+        staging.landed();
+    }
+    let opening = staging.opening(&plan.table);
+    // Until this copy lands, whatever happens (this database's session
+    // lost, say), the next statement rolls it back.
+    staging.failed();
+    let sink_sql = plan.sink();
+    let landed = async {
+        match &mut landing {
+            Some(landing) => Some(landing.rows().await),
+            None => None,
+        }
+    };
+    let sink_ready = join(
+        repo_tx.batch_execute(&opening),
+        staging.prepared.statement(repo_tx, &sink_sql),
+    );
+    let what = "copying a datasource";
+    let (source_started, landed, (mut locked, mut sink_statement)) = join3(
+        remote_within(remote_silence, what, source_started),
+        landed,
+        sink_ready,
+    )
+    .await;
+    // The last copy's outcome first, whatever happens to this one.
+    if let (Some(last), Some(rows)) = (landing, landed) {
+        if !record_landing(staging, last, rows, report, observer)? {
+            // The bet on a release failed whole: send it again with the
+            // last copy's rollback.
+            let opening = format!(
+                "{}{}",
+                Staging::ROLLBACK,
+                &opening[Staging::RELEASE.len()..]
+            );
+            (locked, sink_statement) = join(
+                repo_tx.batch_execute(&opening),
+                staging.prepared.statement(repo_tx, &sink_sql),
+            )
+            .await;
+        }
+    }
+    let (savepoint, source) = source_started?;
+    savepoint.map_err(remote("opening a savepoint"))?;
+    // Sent now, answered once the COPY is done.
+    let count_sql =
+        (plan.skips_hidden_statements && source.is_ok()).then(|| hidden_statements_sql(plan));
+    let mut count = pin!(maybe_done(async {
+        match &count_sql {
+            Some(sql) => Some(remote_tx.query_typed_one(sql, &[]).await),
+            None => None,
+        }
+    }));
+    send_now(count.as_mut()).await;
+    let mut end = pin!(maybe_done(remote_tx.batch_execute(SOURCE_END)));
+    send_now(end.as_mut()).await;
+
+    let piped = match (locked, sink_statement, source) {
+        (Err(e), _, _) | (Ok(()), Err(e), _) => Err(PipeError::Sink(e)),
+        (Ok(()), Ok(_), Err(e)) => Err(PipeError::Source(e)),
+        (Ok(()), Ok(statement), Ok(source)) => match repo_tx.copy_in(&statement).await {
+            Ok(sink) => pipe(remote_silence, source, sink).await,
+            Err(e) => Err(PipeError::Sink(e)),
+        },
+    };
+    let error = match piped {
+        Ok((sink, bytes)) => {
+            let landing = Landing::start(sink, plan.name.clone(), plan.table.clone(), bytes).await;
+            let landing = staging.landing.insert(landing);
+            remote_within(remote_silence, "counting hidden statements", count.as_mut()).await?;
+            match count.as_mut().take_output().flatten() {
+                Some(Ok(row)) => landing
+                    .notes
+                    .extend(hidden_statements_error(plan, row.get(0))),
+                Some(Err(e)) if is_lost(&e) => return Err(remote("counting hidden statements")(e)),
+                Some(Err(e)) => report.warnings.push(format!(
+                    "{}: counting hidden statements: {}",
+                    plan.name,
+                    pg_message(&e)
+                )),
+                None => {}
+            }
+            None
+        }
+        Err(PipeError::Source(e)) if is_lost(&e) => return Err(remote("copying a datasource")(e)),
+        Err(PipeError::Sink(e)) if is_lost(&e) => return Err(repo("copying a datasource")(e)),
+        Err(PipeError::Silent(limit)) => {
+            return Err(SnapshotError::RemoteSilent {
+                what: "copying a datasource",
+                secs: limit.as_secs(),
+            })
+        }
+        Err(PipeError::Source(e)) => Some(format!(
+            "{}: error while calling {} on the remote server: {}",
+            plan.name,
+            plan.source_label,
+            pg_message(&e)
+        )),
+        Err(PipeError::Sink(e)) => Some(format!(
+            "{}: error while inserting into {}: {}",
+            plan.name,
+            plan.table,
+            pg_message(&e)
+        )),
+    };
+    let what = "ending a savepoint";
+    remote_within(remote_silence, what, end.as_mut()).await?;
+    if let Some(Err(e)) = end.as_mut().take_output() {
+        return Err(remote(what)(e));
+    }
+    if let Some(error) = error {
+        observer(Step::DatasourceFailed {
+            module: plan.name.clone(),
+            error: error.clone(),
+        });
+        report.errors.push(error);
+    }
+    Ok(())
 }

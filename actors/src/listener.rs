@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use actix::prelude::*;
 use futures_util::stream::poll_fn;
 use slog::{debug, error, info, warn, Logger};
+use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, Notification};
 
 use crate::connect::{prepare_repository, LISTENER_ROLE};
@@ -508,9 +509,9 @@ impl Listener {
                 };
                 for part in gather::encode_parts(request.id, member_pid, &entries) {
                     if let Err(e) = client
-                        .execute(
-                            "SELECT pg_catalog.pg_notify($1, $2)",
-                            &[&request.reply_to, &part],
+                        .query_typed(
+                            NOTIFY,
+                            &[(&request.reply_to, Type::TEXT), (&part, Type::TEXT)],
                         )
                         .await
                     {
@@ -599,9 +600,12 @@ impl Gatherer {
         let mut got: BTreeMap<i32, Received> = BTreeMap::new();
         let sent = session
             .client
-            .execute(
-                "SELECT pg_catalog.pg_notify($1, $2)",
-                &[&GATHER_CHANNEL, &request.encode()],
+            .query_typed(
+                NOTIFY,
+                &[
+                    (&GATHER_CHANNEL, Type::TEXT),
+                    (&request.encode(), Type::TEXT),
+                ],
             )
             .await;
         let done = |got: &BTreeMap<i32, Received>, pid: i32| {
@@ -726,7 +730,7 @@ async fn answers_here(session: &Session, fleet: &FleetView, srvid: Option<SrvId>
 async fn permitted(session: &Session, sender_pid: i32) -> Result<bool, tokio_postgres::Error> {
     let rows = session
         .client
-        .query(&*session.permission_sql, &[&sender_pid])
+        .query_typed(&session.permission_sql, &[(&sender_pid, Type::INT4)])
         .await?;
     Ok(rows
         .first()
@@ -860,10 +864,14 @@ async fn execute_one(
     }
 }
 
+/// Typed wherever it is sent: one round trip, no statement prepared (and
+/// closed) for each answer.
+const NOTIFY: &str = "SELECT pg_catalog.pg_notify($1, $2)";
+
 async fn send_answer(client: &Client, channel: &str, answer: &Answer, logger: &Logger) {
     let payload = answer.encode();
     if let Err(e) = client
-        .execute("SELECT pg_catalog.pg_notify($1, $2)", &[&channel, &payload])
+        .query_typed(NOTIFY, &[(&channel, Type::TEXT), (&payload, Type::TEXT)])
         .await
     {
         warn!(logger, "could not send an answer"; "error" => %e);

@@ -22,6 +22,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient};
 
 use crate::assignment::Member;
@@ -137,7 +138,11 @@ async fn holders(
     client: &impl GenericClient,
     space: i32,
 ) -> Result<Vec<(i32, i64, String)>, tokio_postgres::Error> {
-    let rows = client.query(HOLDERS, &[&i64::from(space)]).await?;
+    // Typed: one round trip, no statement prepared for it (this query is
+    // also the heartbeat, every second).
+    let rows = client
+        .query_typed(HOLDERS, &[(&i64::from(space), Type::INT8)])
+        .await?;
     Ok(rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
@@ -228,9 +233,9 @@ pub async fn try_claim(client: &Client, srvid: SrvId) -> Result<bool, tokio_post
 /// Give a server up (after its snapshot actor stopped).
 pub async fn release(client: &Client, srvid: SrvId) -> Result<(), tokio_postgres::Error> {
     client
-        .execute(
+        .query_typed(
             "SELECT pg_catalog.pg_advisory_unlock($1, $2)",
-            &[&SERVER_SPACE, &srvid],
+            &[(&SERVER_SPACE, Type::INT4), (&srvid, Type::INT4)],
         )
         .await?;
     Ok(())
@@ -243,9 +248,9 @@ pub async fn try_lead(client: &Client) -> Result<bool, tokio_postgres::Error> {
 
 async fn try_lock(client: &Client, space: i32, key: i32) -> Result<bool, tokio_postgres::Error> {
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
-            &[&space, &key],
+            &[(&space, Type::INT4), (&key, Type::INT4)],
         )
         .await?;
     Ok(row.get(0))

@@ -12,14 +12,14 @@
 //! own rows only (an error for the server); a remote that stops answering
 //! costs the snapshot, as elsewhere.
 
-use std::collections::BTreeSet;
-
+use futures_util::future::{join, try_join};
 use tokio_postgres::Transaction;
 
+use crate::copy::{Prepared, Staging};
 use crate::error::pg_message;
 use crate::job::{
-    copy_one, is_lost, on_remote, remote, repo, CatalogRefresh, CopyPlan, Job, SnapshotError,
-    SnapshotReport, Step,
+    copy_one, is_lost, on_remote, remote, repo, settle, CatalogRefresh, CopyPlan, Job,
+    SnapshotError, SnapshotReport, Step,
 };
 use crate::repository::{self, quote_literal, Catalog, DbDatasource};
 use crate::server::SrvId;
@@ -71,14 +71,15 @@ pub fn plan_database(
 }
 
 /// Copy the per-database datasources and catalogs of every remote
-/// database; returns the staging tables written to.
+/// database (the staging tables written to are in `staging`).
 pub(crate) async fn copy_all(
     job: &Job<'_>,
-    remote_tx: &mut Transaction<'_>,
-    repo_tx: &mut Transaction<'_>,
+    remote_tx: &Transaction<'_>,
+    repo_tx: &Transaction<'_>,
+    staging: &mut Staging<'_>,
     report: &mut SnapshotReport,
     observer: &mut dyn FnMut(Step),
-) -> Result<Vec<String>, SnapshotError> {
+) -> Result<(), SnapshotError> {
     let silence = job.remote_silence;
     let what = "reading the remote databases";
     let row = on_remote(
@@ -110,12 +111,12 @@ pub(crate) async fn copy_all(
     .map(|r| r.get(0))
     .collect();
 
+    settle(staging, report, observer).await?;
     let Some((datasources, catalogs)) =
-        read_plans(job, repo_tx, server_version_num, report).await?
+        read_plans(job, repo_tx, staging, server_version_num, report).await?
     else {
-        return Ok(Vec::new());
+        return Ok(());
     };
-    let mut staged = BTreeSet::new();
     for dbname in &databases {
         let plans = plan_database(
             job.srvid,
@@ -143,7 +144,9 @@ pub(crate) async fn copy_all(
             }
         };
         let what = "opening a transaction";
-        let mut db_tx = match on_remote(silence, what, client.transaction()).await? {
+        // This session lives for this snapshot only.
+        let mut db_prepared = Prepared::default();
+        let db_tx = match on_remote(silence, what, client.transaction()).await? {
             Ok(tx) => tx,
             Err(e) => {
                 report
@@ -153,11 +156,18 @@ pub(crate) async fn copy_all(
             }
         };
         for plan in &plans {
-            match copy_one(silence, &mut db_tx, repo_tx, plan, report, observer).await {
-                Ok(true) => {
-                    staged.insert(plan.table.clone());
-                }
-                Ok(false) => {}
+            let copied = copy_one(
+                silence,
+                &db_tx,
+                &mut db_prepared,
+                repo_tx,
+                staging,
+                plan,
+                report,
+                observer,
+            );
+            match copied.await {
+                Ok(()) => {}
                 // This database's session only: the others go on.
                 Err(e @ SnapshotError::Remote { .. }) => {
                     report.errors.push(format!("database {dbname}: {e}"));
@@ -169,7 +179,7 @@ pub(crate) async fn copy_all(
         // Read-only: how it ends changes nothing.
         let _ = on_remote(silence, "ending a transaction", db_tx.commit()).await;
     }
-    Ok(staged.into_iter().collect())
+    Ok(())
 }
 
 /// The per-database datasources and the catalogs of the server, read under
@@ -177,31 +187,39 @@ pub(crate) async fn copy_all(
 /// server's and the snapshot goes on without them (`None`).
 async fn read_plans(
     job: &Job<'_>,
-    repo_tx: &mut Transaction<'_>,
+    repo_tx: &Transaction<'_>,
+    staging: &mut Staging<'_>,
     server_version_num: i32,
     report: &mut SnapshotReport,
 ) -> Result<Option<(Vec<DbDatasource>, Vec<Catalog>)>, SnapshotError> {
-    let sp = repo_tx
-        .savepoint("powa_fleet_db_functions")
+    let opening = format!("{}SAVEPOINT powa_fleet_db_functions", staging.take_ending());
+    // Sent at once, answered in order.
+    let (opened, read) = join(repo_tx.batch_execute(&opening), async {
+        try_join(
+            repository::db_datasources(repo_tx, job.repository, job.srvid, server_version_num),
+            repository::catalogs(repo_tx, job.repository, job.srvid, server_version_num),
+        )
         .await
-        .map_err(repo("opening a savepoint"))?;
-    let read = async {
-        let datasources =
-            repository::db_datasources(&sp, job.repository, job.srvid, server_version_num).await?;
-        let catalogs =
-            repository::catalogs(&sp, job.repository, job.srvid, server_version_num).await?;
-        Ok::<_, repository::RepositoryError>((datasources, catalogs))
-    };
-    match read.await {
+    })
+    .await;
+    opened.map_err(repo("opening a savepoint"))?;
+    match read {
         Ok(plans) => {
-            sp.commit().await.map_err(repo("releasing a savepoint"))?;
+            repo_tx
+                .batch_execute("RELEASE SAVEPOINT powa_fleet_db_functions")
+                .await
+                .map_err(repo("releasing a savepoint"))?;
             Ok(Some(plans))
         }
         Err(repository::RepositoryError::Sql { source, .. }) if is_lost(&source) => {
             Err(repo("reading the per-database datasources")(source))
         }
         Err(e) => {
-            sp.rollback()
+            repo_tx
+                .batch_execute(
+                    "ROLLBACK TO SAVEPOINT powa_fleet_db_functions; \
+                     RELEASE SAVEPOINT powa_fleet_db_functions",
+                )
                 .await
                 .map_err(repo("rolling back a savepoint"))?;
             report.errors.push(format!(

@@ -21,6 +21,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::Client;
 
 use crate::connect::{connect_repository, statement_deadline, ConnectError};
+use crate::copy::Prepared;
 use crate::layout::Layout;
 use crate::settings::Settings;
 
@@ -60,6 +61,7 @@ struct Idle {
     layout: Arc<Layout>,
     home: ThreadId,
     notified: watch::Receiver<u64>,
+    prepared: Prepared,
 }
 
 /// A checked-out repository session; goes back to the pool when dropped,
@@ -71,6 +73,8 @@ pub struct PooledClient {
     home: ThreadId,
     /// The count of notifications the session received.
     notified: watch::Receiver<u64>,
+    /// The COPY statements prepared on it: they go with the session.
+    prepared: Prepared,
     pool: RepoPool,
     /// Held longer than this, the session is closed rather than reused:
     /// its user was cut off by its deadline, maybe mid-statement.
@@ -145,6 +149,7 @@ impl RepoPool {
                     layout: idle.layout,
                     home: idle.home,
                     notified: idle.notified,
+                    prepared: idle.prepared,
                     pool: self.clone(),
                     suspect_after,
                     _open: open,
@@ -159,6 +164,7 @@ impl RepoPool {
             layout: Arc::new(session.layout),
             home: here,
             notified: session.notified,
+            prepared: session.prepared,
             pool: self.clone(),
             suspect_after,
             _open: open,
@@ -200,6 +206,14 @@ impl PooledClient {
     pub fn notified(&self) -> watch::Receiver<u64> {
         self.notified.clone()
     }
+
+    /// The session and the COPY statements prepared on it.
+    pub fn with_prepared(&mut self) -> (&mut Client, &mut Prepared) {
+        (
+            self.client.as_mut().expect("present until dropped"),
+            &mut self.prepared,
+        )
+    }
 }
 
 impl Deref for PooledClient {
@@ -227,6 +241,7 @@ impl Drop for PooledClient {
                 layout: self.layout.clone(),
                 home: self.home,
                 notified: self.notified.clone(),
+                prepared: std::mem::take(&mut self.prepared),
             });
         }
     }

@@ -15,13 +15,14 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::future::{try_join, try_join3};
+use futures_util::future::{join, join3, try_join, try_join3, try_join4};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient, Transaction};
 
+use crate::copy::{Prepared, Staging};
 use crate::error::pg_message;
 use crate::fencing::{self, Fenced};
-use crate::job::{copy_one, is_lost, on_remote, remote, repo};
+use crate::job::{copy_one, is_lost, on_remote, remote, repo, settle};
 pub use crate::job::{
     CatalogRefresh, CopyPlan, Job, OpenDatabase, SnapshotError, SnapshotReport, Step,
 };
@@ -119,9 +120,14 @@ const STATEMENTS_SOURCE: &str = "powa_statements_src";
 
 /// Take one snapshot of `job.srvid` (SPEC steps 1–7, and on PoWA 5 the
 /// per-database datasources and catalogs before step 5).
+///
+/// `repo_prepared` and `remote_prepared` are the COPY statements each
+/// session has prepared so far; they must belong to those sessions.
 pub async fn take_snapshot(
     repo_client: &mut Client,
+    repo_prepared: &mut Prepared,
     remote_client: &mut Client,
+    remote_prepared: &mut Prepared,
     job: &Job<'_>,
     observer: &mut dyn FnMut(Step),
 ) -> Result<SnapshotReport, SnapshotError> {
@@ -140,7 +146,7 @@ pub async fn take_snapshot(
         ),
         None => None,
     };
-    let mut repo_tx = repo_client
+    let repo_tx = repo_client
         .transaction()
         .await
         .map_err(repo("opening the transaction"))?;
@@ -189,27 +195,25 @@ pub async fn take_snapshot(
         return Ok(report);
     }
     let what = "opening the transaction";
-    let mut remote_tx = on_remote(remote_silence, what, remote_client.transaction())
+    let remote_tx = on_remote(remote_silence, what, remote_client.transaction())
         .await?
         .map_err(remote(what))?;
 
-    // Staging tables written to, emptied again if the snapshot is refused.
-    let mut staged = Vec::new();
+    let mut staging = Staging::new(repo_prepared);
     for ds in &datasources {
         match global_plan(job, ds) {
             Ok(plan) => {
-                if copy_one(
+                let copied = copy_one(
                     remote_silence,
-                    &mut remote_tx,
-                    &mut repo_tx,
+                    &remote_tx,
+                    remote_prepared,
+                    &repo_tx,
+                    &mut staging,
                     &plan,
                     &mut report,
                     observer,
-                )
-                .await?
-                {
-                    staged.push(plan.table);
-                }
+                );
+                copied.await?;
             }
             Err(error) => {
                 observer(Step::DatasourceFailed {
@@ -222,8 +226,7 @@ pub async fn take_snapshot(
         if let Some(cleanup) = &ds.query_cleanup {
             match job.remote.expand(cleanup) {
                 Ok(cleanup) => {
-                    cleanup_datasource(remote_silence, &mut remote_tx, &cleanup, &mut report)
-                        .await?
+                    cleanup_datasource(remote_silence, &remote_tx, &cleanup, &mut report).await?
                 }
                 Err(extension) => report.errors.push(format!(
                     "{}: cleanup not run, extension {extension} is not installed on the remote server",
@@ -233,31 +236,42 @@ pub async fn take_snapshot(
         }
     }
     if layout.generation() == Generation::Five {
-        staged.extend(
-            per_database::copy_all(job, &mut remote_tx, &mut repo_tx, &mut report, observer)
-                .await?,
-        );
+        per_database::copy_all(
+            job,
+            &remote_tx,
+            &repo_tx,
+            &mut staging,
+            &mut report,
+            observer,
+        )
+        .await?;
     }
 
+    settle(&mut staging, &mut report, observer).await?;
+    // Staging tables written to, emptied again if the snapshot is refused.
+    let staged = std::mem::take(&mut staging.staged);
     observer(Step::BeforeTakeSnapshot);
-    let sp = repo_tx
-        .savepoint("powa_take_snapshot")
-        .await
-        .map_err(repo("opening a savepoint"))?;
-    match sp
-        .query_typed_one(
-            &format!("SELECT {}($1)", layout.qualify("powa_take_snapshot")),
-            &[(&srvid, Type::INT4)],
-        )
-        .await
-    {
+    // The last copy's ending, the savepoint and the call go out at once.
+    let opening = format!("{}SAVEPOINT powa_take_snapshot", staging.take_ending());
+    let call = format!("SELECT {}($1)", layout.qualify("powa_take_snapshot"));
+    let (opened, called) = join(
+        repo_tx.batch_execute(&opening),
+        repo_tx.query_typed_one(&call, &[(&srvid, Type::INT4)]),
+    )
+    .await;
+    opened.map_err(repo("opening a savepoint"))?;
+    let took = match called {
         Ok(row) => {
             report.internal_errors = row.get(0);
-            sp.commit().await.map_err(repo("releasing a savepoint"))?;
+            true
         }
         Err(e) if is_lost(&e) => return Err(repo("calling powa_take_snapshot")(e)),
         Err(e) => {
-            sp.rollback()
+            repo_tx
+                .batch_execute(
+                    "ROLLBACK TO SAVEPOINT powa_take_snapshot; \
+                     RELEASE SAVEPOINT powa_take_snapshot",
+                )
                 .await
                 .map_err(repo("rolling back a savepoint"))?;
             // powa_take_snapshot clears the stored errors first; it did not
@@ -275,16 +289,34 @@ pub async fn take_snapshot(
             let reason = format!("powa_take_snapshot({srvid}) failed: {}", pg_message(&e));
             report.errors.push(reason.clone());
             report.not_recorded = Some(reason);
+            false
         }
-    }
-    if !report.errors.is_empty() {
-        repository::append_errors(&repo_tx, layout, srvid, &report.errors)
-            .await
-            .map_err(repo("recording errors"))?;
-    }
-    // What this transaction leaves in coalesce_seq: how to tell, should
-    // the session be lost during COMMIT, whether the snapshot is there.
-    // Read in the same round trip as the fence's last check.
+    };
+    // The rest goes out at once and runs in this order: the savepoint's
+    // release, the errors, the fence's last check with what this
+    // transaction leaves in coalesce_seq (how to tell, should the session
+    // be lost during COMMIT, whether the snapshot is there), and the
+    // session's own name back (powa_take_snapshot renames it; RESET
+    // restores the one set at connection, and a session that waited for
+    // a slot stops listening for their release: both take effect at
+    // commit).
+    let released = async {
+        if took {
+            repo_tx
+                .batch_execute("RELEASE SAVEPOINT powa_take_snapshot")
+                .await
+                .map_err(repo("releasing a savepoint"))?;
+        }
+        Ok(())
+    };
+    let recorded = async {
+        if !report.errors.is_empty() {
+            repository::append_errors(&repo_tx, layout, srvid, &report.errors)
+                .await
+                .map_err(repo("recording errors"))?;
+        }
+        Ok(())
+    };
     let sequence = async {
         match &report.not_recorded {
             Some(_) => Ok(None),
@@ -294,12 +326,26 @@ pub async fn take_snapshot(
                 .map_err(repo("reading the snapshot's sequence")),
         }
     };
-    let (holds, recorded_seq) = try_join(fence_holds(&repo_tx, job), sequence).await?;
+    let reset = format!("RESET application_name; {}", fencing::UNLISTEN);
+    let renamed = async {
+        repo_tx
+            .batch_execute(&reset)
+            .await
+            .map_err(repo("resetting application_name"))
+    };
+    let ((), (), (holds, recorded_seq), ()) = try_join4(
+        released,
+        recorded,
+        try_join(fence_holds(&repo_tx, job), sequence),
+        renamed,
+    )
+    .await?;
     if !holds {
         repo_tx
             .rollback()
             .await
             .map_err(repo("rolling back a fenced snapshot"))?;
+        reset_session(repo_client, &reset, &mut report).await;
         return Err(SnapshotError::Fenced(Fenced::NotOwner));
     }
     if let Err(e) = repo_tx.commit().await {
@@ -313,15 +359,6 @@ pub async fn take_snapshot(
         }
         return Err(repo("committing")(e));
     }
-    // powa_take_snapshot renames the session; give the pooled session its
-    // own name back (RESET restores the one set at connection). A session
-    // that waited for a slot stops listening for their release.
-    let reset = format!("RESET application_name; {}", fencing::UNLISTEN);
-    if let Err(e) = repo_client.batch_execute(&reset).await {
-        report
-            .warnings
-            .push(format!("resetting application_name: {}", pg_message(&e)));
-    }
     // The repository side is done; a remote that vanishes now only loses
     // the cleanup's effect, which the next snapshot copes with.
     match on_remote(remote_silence, "committing", remote_tx.commit()).await {
@@ -334,6 +371,16 @@ pub async fn take_snapshot(
     report.staged = staged;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// The session's own name back, and no more listening for slots, after
+/// a rollback undid what the transaction had set.
+async fn reset_session(repo_client: &Client, reset: &str, report: &mut SnapshotReport) {
+    if let Err(e) = repo_client.batch_execute(reset).await {
+        report
+            .warnings
+            .push(format!("resetting application_name: {}", pg_message(&e)));
+    }
 }
 
 /// Just before the commit: does the member still hold the server (always
@@ -362,33 +409,40 @@ async fn commit_fenced(repo_tx: Transaction<'_>, job: &Job<'_>) -> Result<(), Sn
 
 async fn cleanup_datasource(
     remote_silence: Duration,
-    remote_tx: &mut Transaction<'_>,
+    remote_tx: &Transaction<'_>,
     cleanup: &str,
     report: &mut SnapshotReport,
 ) -> Result<(), SnapshotError> {
-    let what = "opening a savepoint";
-    let sp = on_remote(
-        remote_silence,
-        what,
-        remote_tx.savepoint("powa_fleet_cleanup"),
-    )
+    // Sent at once, answered in order: the release fails, harmlessly,
+    // when the cleanup did. query_cleanup is SQL written by PoWA in
+    // powa_functions, run as is.
+    let what = "running a cleanup query";
+    let (opened, cleaned, released) = on_remote(remote_silence, what, async {
+        Ok(join3(
+            remote_tx.batch_execute("SAVEPOINT powa_fleet_cleanup"),
+            remote_tx.batch_execute(cleanup),
+            remote_tx.batch_execute("RELEASE SAVEPOINT powa_fleet_cleanup"),
+        )
+        .await)
+    })
     .await?
     .map_err(remote(what))?;
-    // query_cleanup is SQL written by PoWA in powa_functions, run as is.
-    let what = "running a cleanup query";
-    match on_remote(remote_silence, what, sp.batch_execute(cleanup)).await? {
-        Ok(()) => {
-            let what = "releasing a savepoint";
-            on_remote(remote_silence, what, sp.commit())
-                .await?
-                .map_err(remote(what))?
-        }
+    opened.map_err(remote("opening a savepoint"))?;
+    match cleaned {
+        Ok(()) => released.map_err(remote("releasing a savepoint"))?,
         Err(e) if is_lost(&e) => return Err(remote(what)(e)),
         Err(e) => {
             let what = "rolling back a savepoint";
-            on_remote(remote_silence, what, sp.rollback())
-                .await?
-                .map_err(remote(what))?;
+            on_remote(
+                remote_silence,
+                what,
+                remote_tx.batch_execute(
+                    "ROLLBACK TO SAVEPOINT powa_fleet_cleanup; \
+                     RELEASE SAVEPOINT powa_fleet_cleanup",
+                ),
+            )
+            .await?
+            .map_err(remote(what))?;
             report.errors.push(format!(
                 "error while running \"{cleanup}\" on the remote server: {}",
                 pg_message(&e)

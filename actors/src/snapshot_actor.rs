@@ -22,9 +22,11 @@ use std::time::{Duration, SystemTime};
 use actix::prelude::*;
 use futures_util::FutureExt;
 use slog::{debug, error, info, o, warn, Logger};
+use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use crate::connect::{connect_remote, connect_remote_database};
+use crate::copy::Prepared;
 use crate::error::{backoff_delay, classify, pg_message, retry_policy, ErrorKind, Retry};
 use crate::fencing::Fence;
 use crate::gate::Gate;
@@ -48,8 +50,9 @@ use life::{AfterWork, ForceRefusal, Life, OnDue};
 
 /// A forced snapshot is refused when the last one is this recent.
 const FORCE_MIN_INTERVAL: Duration = Duration::from_secs(10);
-/// How often an idle actor checks that its remote session is still alive.
-const HEALTH_CHECK: Duration = Duration::from_secs(2);
+/// A remote session that closed while a snapshot or a connection was
+/// using it is looked at again this long after, once it is idle.
+const CLOSED_RECHECK: Duration = Duration::from_secs(1);
 
 /// Take a snapshot as soon as a permit is free, ahead of scheduled ones.
 #[derive(Message)]
@@ -158,6 +161,39 @@ impl SnapshotActor {
         }
     }
 
+    /// Learn the moment the remote session's connection ends (its task
+    /// drops the sender of `closed`), rather than look at every server's
+    /// session every few seconds: an idle fleet costs no wake-ups.
+    fn watch_remote(&self, mut closed: watch::Receiver<u64>, ctx: &mut Context<Self>) {
+        ctx.spawn(
+            async move { while closed.changed().await.is_ok() {} }
+                .into_actor(self)
+                .map(|(), act, ctx| act.remote_closed(ctx)),
+        );
+    }
+
+    /// Some remote session of this actor closed (maybe an earlier one):
+    /// if the idle one is closed, the server is lost; work in progress
+    /// finds out for itself, or gives the session back closed.
+    fn remote_closed(&mut self, ctx: &mut Context<Self>) {
+        if self.life.busy() {
+            ctx.run_later(CLOSED_RECHECK, |act, ctx| act.remote_closed(ctx));
+            return;
+        }
+        if self
+            .life
+            .idle_remote()
+            .is_some_and(|r| r.client.is_closed())
+        {
+            self.fail(
+                ErrorKind::Connection,
+                false,
+                "connection to the remote server lost".to_string(),
+                ctx,
+            );
+        }
+    }
+
     fn publish(&self) {
         self.shared.status.do_send(Report(self.report.clone()));
     }
@@ -250,17 +286,6 @@ impl Actor for SnapshotActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(HEALTH_CHECK, |act, ctx| {
-            let lost = act.life.idle_remote().is_some_and(|r| r.client.is_closed());
-            if lost {
-                act.fail(
-                    ErrorKind::Connection,
-                    false,
-                    "connection to the remote server lost".to_string(),
-                    ctx,
-                );
-            }
-        });
         let mut delay = match self.failures {
             0 => Duration::ZERO,
             n => backoff_delay(n - 1, self.settings.backoff_min, self.settings.backoff_max),
@@ -409,6 +434,9 @@ async fn within<T>(
 struct Remote {
     client: Client,
     layout: Layout,
+    prepared: Prepared,
+    /// Ends (its sender dropped) when the session's connection does.
+    closed: watch::Receiver<u64>,
 }
 
 impl SnapshotActor {
@@ -632,6 +660,8 @@ impl Handler<Connect> for SnapshotActor {
             let remote = Remote {
                 client: session.client,
                 layout: session.layout,
+                prepared: session.prepared,
+                closed: session.notified,
             };
             Box::pin(bookkeeping(&pool, &remote.client, spec.srvid, &settings)).await?;
             Ok(Connected { remote, tls, last })
@@ -653,6 +683,7 @@ impl Handler<Connect> for SnapshotActor {
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
             match result {
                 Ok(Connected { remote, tls, last }) => {
+                    act.watch_remote(remote.closed.clone(), ctx);
                     act.life.work_ended(Some(remote));
                     act.report.tls = Some(tls);
                     let frequency = Duration::from_secs(act.spec.frequency.into());
@@ -797,8 +828,16 @@ impl Handler<Due> for SnapshotActor {
                     open_database: &*open_database,
                     slot_freed: Some(repo.notified()),
                 };
-                let outcome =
-                    take_snapshot(&mut repo, &mut remote.client, &job, &mut observer).await;
+                let (repo_client, repo_prepared) = repo.with_prepared();
+                let outcome = take_snapshot(
+                    repo_client,
+                    repo_prepared,
+                    &mut remote.client,
+                    &mut remote.prepared,
+                    &job,
+                    &mut observer,
+                )
+                .await;
                 Ok((remote, waited, outcome))
             })
             .await

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use powa_fleet_actors::copy::Prepared;
 use powa_fleet_actors::error::pg_message;
 use powa_fleet_actors::fencing::{Fence, Fenced};
 use powa_fleet_actors::layout::Layout;
@@ -56,7 +57,16 @@ async fn fenced_snapshot(
         fence: Some(fence),
         slot_freed: None,
     };
-    take_snapshot(repo, remote, &job, observer).await
+    let (mut repo_prepared, mut remote_prepared) = (Prepared::default(), Prepared::default());
+    take_snapshot(
+        repo,
+        &mut repo_prepared,
+        remote,
+        &mut remote_prepared,
+        &job,
+        observer,
+    )
+    .await
 }
 
 fn fenced(result: &Result<SnapshotReport, SnapshotError>) -> Option<Fenced> {

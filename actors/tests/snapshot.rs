@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use powa_fleet_actors::copy::Prepared;
 use powa_fleet_actors::error::{pg_message, ErrorKind};
 use powa_fleet_actors::layout::{Generation, Layout};
 use powa_fleet_actors::repository::{self, LastSnapshot};
@@ -49,6 +50,30 @@ async fn snapshot_as(
     remote_silence: Duration,
     observer: &mut dyn FnMut(Step),
 ) -> Result<SnapshotReport, SnapshotError> {
+    let mut prepared = (Prepared::default(), Prepared::default());
+    snapshot_prepared(
+        cluster,
+        user,
+        (repo, remote),
+        &mut prepared,
+        srvid,
+        remote_silence,
+        observer,
+    )
+    .await
+}
+
+/// [`snapshot_as`], on sessions whose COPY statements prepared so far are
+/// `prepared` (the repository's, the remote's), as the daemon keeps them.
+async fn snapshot_prepared(
+    cluster: &Cluster,
+    user: &str,
+    (repo, remote): (&mut Client, &mut Client),
+    prepared: &mut (Prepared, Prepared),
+    srvid: i32,
+    remote_silence: Duration,
+    observer: &mut dyn FnMut(Step),
+) -> Result<SnapshotReport, SnapshotError> {
     let repository = layout(repo).await;
     let remote_layout = layout(remote).await;
     let base = format!(
@@ -81,7 +106,8 @@ async fn snapshot_as(
         fence: None,
         slot_freed: None,
     };
-    take_snapshot(repo, remote, &job, observer).await
+    let (repo_prepared, remote_prepared) = prepared;
+    take_snapshot(repo, repo_prepared, remote, remote_prepared, &job, observer).await
 }
 
 async fn count(repo: &Client, sql: &str, srvid: i32) -> i64 {
@@ -343,6 +369,195 @@ async fn a_missing_extension_is_recorded_and_the_rest_lands() {
     )
     .await;
     assert_eq!(qualstats, 0);
+}
+
+/// The COPY statements a session has prepared, by kind.
+async fn prepared_copies(client: &Client, direction: &str) -> i64 {
+    let sql = format!(
+        "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE 'COPY %{direction}%'"
+    );
+    client.query_one(&sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_statements_are_prepared_once_and_follow_a_recreated_staging_table() {
+    let fleet = fleet();
+    let srvid = fleet.register(0, 30, None).unwrap();
+    fleet.workload(0, 50).unwrap();
+    let mut repo = fleet.repository.client("powa").await.unwrap();
+    let mut remote = fleet.remotes[0].client("powa").await.unwrap();
+    let mut prepared = (Prepared::default(), Prepared::default());
+    let first = snapshot_prepared(
+        &fleet.remotes[0],
+        "postgres",
+        (&mut repo, &mut remote),
+        &mut prepared,
+        srvid,
+        Duration::from_secs(30),
+        &mut |_| {},
+    )
+    .await
+    .expect("first snapshot");
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    let sinks = prepared_copies(&repo, "FROM STDIN").await;
+    let sources = prepared_copies(&remote, "TO STDOUT").await;
+    assert!(
+        sinks >= 3 && sources >= 3,
+        "{sinks} sinks, {sources} sources"
+    );
+
+    // A staging table replaced under the same name (as an upgrade of PoWA
+    // may do): the prepared COPY writes into the table of that name now.
+    let staging = fleet
+        .repository
+        .client("powa")
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relname = 'powa_statements_src_tmp'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    let schema = staging.split('.').next().unwrap().to_string();
+    fleet
+        .repository
+        .psql(
+            "powa",
+            &format!(
+                "ALTER TABLE {staging} RENAME TO powa_statements_src_tmp_old; \
+                 CREATE TABLE {staging} (LIKE {schema}.powa_statements_src_tmp_old INCLUDING ALL)"
+            ),
+        )
+        .unwrap();
+    fleet.workload(0, 50).unwrap();
+    let before = count(
+        &repo,
+        "SELECT count(*) FROM powa_statements_history_current WHERE srvid = $1",
+        srvid,
+    )
+    .await;
+    let second = snapshot_prepared(
+        &fleet.remotes[0],
+        "postgres",
+        (&mut repo, &mut remote),
+        &mut prepared,
+        srvid,
+        Duration::from_secs(30),
+        &mut |_| {},
+    )
+    .await
+    .expect("second snapshot");
+    assert!(second.errors.is_empty(), "{:?}", second.errors);
+    let after = count(
+        &repo,
+        "SELECT count(*) FROM powa_statements_history_current WHERE srvid = $1",
+        srvid,
+    )
+    .await;
+    assert!(after > before, "statements recorded: {before} then {after}");
+    let old = repo
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.powa_statements_src_tmp_old"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(old, 0, "rows went into the renamed table");
+    // Nothing prepared again.
+    assert_eq!(prepared_copies(&repo, "FROM STDIN").await, sinks);
+    assert_eq!(prepared_copies(&remote, "TO STDOUT").await, sources);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_the_repository_rejects_cost_only_their_datasource_first_or_last() {
+    let fleet = fleet();
+    let srvid = fleet.register(0, 30, None).unwrap();
+    let mut repo = fleet.repository.client("powa").await.unwrap();
+    let mut remote = fleet.remotes[0].client("powa").await.unwrap();
+    let silence = Duration::from_secs(30);
+    let cluster = &fleet.remotes[0];
+    // The second snapshot is the steady state (on PoWA 5 the first one
+    // also copies every catalog): which tables get rows, in which order.
+    let mut landed = vec![];
+    for _ in 0..2 {
+        fleet.workload(0, 50).unwrap();
+        landed.clear();
+        let report = snapshot(
+            cluster,
+            &mut repo,
+            &mut remote,
+            srvid,
+            silence,
+            &mut |step| {
+                if let Step::DatasourceDone { table, rows, .. } = step {
+                    if rows > 0 && !landed.contains(&table) {
+                        landed.push(table);
+                    }
+                }
+            },
+        )
+        .await
+        .expect("a clean snapshot");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+    }
+    assert!(landed.len() >= 3, "{landed:?}");
+    // The first and the last copy with rows are refused by the repository
+    // while their rows go in: the copy after the first must land, and the
+    // last one's failure is read just before powa_take_snapshot.
+    let refused = [landed[0].clone(), landed[landed.len() - 1].clone()];
+    for table in &refused {
+        fleet
+            .repository
+            .psql(
+                "powa",
+                &format!("ALTER TABLE {table} ADD CONSTRAINT refused CHECK (false) NOT VALID"),
+            )
+            .unwrap();
+    }
+    fleet.workload(0, 50).unwrap();
+    let mut failed = vec![];
+    let report = snapshot(
+        cluster,
+        &mut repo,
+        &mut remote,
+        srvid,
+        silence,
+        &mut |step| {
+            if let Step::DatasourceFailed { module, .. } = step {
+                failed.push(module);
+            }
+        },
+    )
+    .await
+    .expect("the snapshot goes on");
+    assert_eq!(report.not_recorded, None);
+    assert!(failed.len() >= 2, "{failed:?} {:?}", report.errors);
+    assert_eq!(report.errors.len(), failed.len(), "{:?}", report.errors);
+    assert!(report
+        .errors
+        .iter()
+        .all(|e| e.contains("error while inserting into")));
+    for table in &refused {
+        assert!(
+            report.errors.iter().any(|e| e.contains(table.as_str())),
+            "{table}: {:?}",
+            report.errors
+        );
+    }
+    for table in &landed[1..landed.len() - 1] {
+        assert!(
+            report.staged.contains(table),
+            "{table}: {:?}",
+            report.staged
+        );
+    }
+    let (_, errors, _) = metas(&repo, srvid).await;
+    assert_eq!(errors.as_deref(), Some(&report.errors[..]));
 }
 
 #[tokio::test(flavor = "multi_thread")]
