@@ -31,22 +31,61 @@ pub fn configure() {
     }
 }
 
-/// Give the pages of freed memory back to the system. glibc returns only
-/// the free space at the top of a heap on its own; what start-up freed in
-/// the middle (every server's connect work, the first load's server list)
-/// stays resident until this asks for it. Returns whether anything was
-/// returned.
-pub fn trim() -> bool {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: malloc_trim takes the arenas' locks itself; it is safe
-        // to call from any thread at any time.
-        unsafe { nix::libc::malloc_trim(0) == 1 }
+/// Gives the pages of freed memory back to the system when enough was
+/// freed since the last time. glibc returns only the free space at the top
+/// of a heap on its own; what start-up freed in the middle (every server's
+/// connect work, the first load's server list) stays resident until
+/// `malloc_trim` asks for it. A trim holds the allocator's lock while it
+/// walks every free chunk (about 20 ms at 1000 servers, long enough to
+/// delay a status answer), so it runs only when the free memory grew.
+#[derive(Default)]
+pub struct Trimmer {
+    /// Free bytes in the heap right after the last trim (a trim does not
+    /// change this count: the chunks stay free, their pages are returned).
+    free_after_trim: usize,
+}
+
+/// Freed memory that makes a trim worth its pause.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const WORTH_TRIMMING: usize = 1 << 20;
+
+impl Trimmer {
+    /// Trim if the heap's free memory grew by [`WORTH_TRIMMING`] since the
+    /// last trim. Returns whether a trim ran.
+    pub fn trim_if_worth_it(&mut self) -> bool {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        {
+            let free = free_bytes();
+            if free < self.free_after_trim + WORTH_TRIMMING {
+                // Reused (or returned at the top) since: the next growth is
+                // measured from here.
+                self.free_after_trim = self.free_after_trim.min(free);
+                return false;
+            }
+            trim();
+            self.free_after_trim = free_bytes();
+            true
+        }
+        #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+        {
+            false
+        }
     }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        false
-    }
+}
+
+/// Free bytes held in the heap's chunks (returned pages included).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn free_bytes() -> usize {
+    // SAFETY: mallinfo2 takes the arenas' locks itself and only reads.
+    unsafe { nix::libc::mallinfo2() }.fordblks
+}
+
+/// Give every free page of the heap back; returns whether any was.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() -> bool {
+    // SAFETY: malloc_trim takes the arenas' locks itself; it is safe to
+    // call from any thread at any time.
+    unsafe { nix::libc::malloc_trim(0) == 1 }
 }
 
 #[cfg(all(test, target_os = "linux", target_env = "gnu"))]
@@ -60,8 +99,10 @@ mod tests {
         // below them): glibc keeps them resident until asked.
         let blocks: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 32 * 1024]).collect();
         let top = vec![1u8; 96 * 1024];
+        let mut trimmer = Trimmer::default();
         drop(blocks);
-        assert!(trim(), "the freed blocks' pages were given back");
+        assert!(trimmer.trim_if_worth_it(), "2 MiB freed: trimmed");
+        assert!(!trimmer.trim_if_worth_it(), "nothing freed since");
         assert_eq!(top[0], 1);
     }
 }

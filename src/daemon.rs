@@ -38,9 +38,9 @@ const EXIT_FATAL: u8 = 1;
 
 /// Stop signals this close to the first one are the same request.
 const SAME_STOP_REQUEST: Duration = Duration::from_secs(1);
-/// How often freed memory is given back to the system: soon enough that
-/// the start-up burst (every server connecting at once) leaves the RSS
-/// within seconds of its end; a trim costs well under a millisecond.
+/// How often the allocator is asked whether freed memory is worth giving
+/// back: soon enough that the start-up burst (every server connecting at
+/// once) leaves the RSS within seconds of its end.
 const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
@@ -202,19 +202,21 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
     code
 }
 
-/// Give freed memory back to the system every [`TRIM_EVERY`], for the
-/// life of the process: the start-up burst, then whatever a large
+/// Give freed memory back to the system, checked every [`TRIM_EVERY`] for
+/// the life of the process: the start-up burst, then whatever a large
 /// snapshot or a reload of a long server list freed.
 async fn trim_allocator(logger: Logger) {
     let mut every = tokio::time::interval(TRIM_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     every.tick().await;
+    let mut trimmer = allocator::Trimmer::default();
     loop {
         every.tick().await;
         let started = std::time::Instant::now();
-        let returned = allocator::trim();
-        debug!(logger, "allocator trimmed"; "returned" => returned,
-            "ms" => started.elapsed().as_secs_f64() * 1000.0);
+        if trimmer.trim_if_worth_it() {
+            debug!(logger, "freed memory given back to the system";
+                "ms" => started.elapsed().as_secs_f64() * 1000.0);
+        }
     }
 }
 
