@@ -21,9 +21,10 @@ use powa_fleet_actors::repository;
 use powa_fleet_actors::restart::{self, Escalation, Fatal, Guard};
 use powa_fleet_actors::status::{ReportsFrom, StatusActor};
 use powa_fleet_actors::supervisor::{Reload, StopAll, Supervisor};
-use slog::{error, info, warn, Logger};
+use slog::{debug, error, info, warn, Logger};
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::allocator;
 use crate::config::{self, Loaded, Sources};
 use crate::http::Endpoint;
 use crate::logging::Logging;
@@ -37,6 +38,10 @@ const EXIT_FATAL: u8 = 1;
 
 /// Stop signals this close to the first one are the same request.
 const SAME_STOP_REQUEST: Duration = Duration::from_secs(1);
+/// How often the allocator is asked whether freed memory is worth giving
+/// back: soon enough that the start-up burst (every server connecting at
+/// once) leaves the RSS within seconds of its end.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
     let logger = logging.logger.clone();
@@ -72,6 +77,7 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
         }
         let systemd = Systemd::default();
         watch_liveness(&probes, &logger, &logging);
+        actix_rt::spawn(trim_allocator(logger.clone()));
         if let Err(e) = systemd.spawn(probes.clone(), logger.clone()) {
             warn!(logger, "cannot notify systemd"; "error" => %e);
         }
@@ -194,6 +200,24 @@ pub fn run(sources: Sources, loaded: Loaded, logging: Logging) -> ExitCode {
     drop(system);
     flusher.flush();
     code
+}
+
+/// Give freed memory back to the system, checked every [`TRIM_EVERY`] for
+/// the life of the process: the start-up burst, then whatever a large
+/// snapshot or a reload of a long server list freed.
+async fn trim_allocator(logger: Logger) {
+    let mut every = tokio::time::interval(TRIM_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    let mut trimmer = allocator::Trimmer::default();
+    loop {
+        every.tick().await;
+        let started = std::time::Instant::now();
+        if trimmer.trim_if_worth_it() {
+            debug!(logger, "freed memory given back to the system";
+                "ms" => started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
 }
 
 /// Refuse to start on a repository that is unreachable or too old.

@@ -10,6 +10,7 @@
 //! - 2: configuration or usage error (nothing was started);
 //! - 3: a client command got no answer, or an `ERROR` answer.
 
+mod allocator;
 mod assets;
 mod check;
 mod cli;
@@ -34,6 +35,8 @@ use crate::logging::Logging;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    // Before any thread exists (see `allocator`).
+    allocator::configure();
     let cli = Cli::parse();
     if let Err(e) = cli.global.check_no_password() {
         eprintln!("powa-fleet: {e}");
