@@ -317,7 +317,12 @@ async fn metrics_health_and_readiness_over_http() {
         })
     })
     .await;
-    assert!(gone, "{:?}", get(&address, "/metrics", None));
+    assert!(
+        gone,
+        "{:?}\n{}",
+        get(&address, "/metrics", None),
+        daemon.log()
+    );
     assert!(daemon.is_alive());
 }
 

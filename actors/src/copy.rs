@@ -5,14 +5,14 @@
 //!
 //! Each round trip costs the collector a wake-up and a send on top of the
 //! work itself, and a snapshot copies each datasource again and again:
-//! COPY statements are prepared once per session ([`Prepared`]), and how a
+//! COPY statements are prepared once per session ([`Prepared`]); how a
 //! repository savepoint ends goes out with the next statement
-//! ([`Staging`]).
+//! ([`Staging`]), whose answer comes back with the copy's own
+//! ([`Landing`]).
 
 use std::collections::HashMap;
-use std::time::Duration;
-
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::{maybe_done, BoxFuture, MaybeDone};

@@ -137,6 +137,8 @@ pub struct SnapshotActor {
     /// kept across the restart for the status.
     last_failure: Option<(ErrorKind, bool, String)>,
     idle_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Removed from the fleet (`Retire`): reports nothing more.
+    retired: bool,
 }
 
 impl SnapshotActor {
@@ -158,6 +160,7 @@ impl SnapshotActor {
             failures: 0,
             last_failure: None,
             idle_waiters: Vec::new(),
+            retired: false,
         }
     }
 
@@ -195,6 +198,12 @@ impl SnapshotActor {
     }
 
     fn publish(&self) {
+        // The supervisor has the status forget a retired server: a late
+        // report (work that ends after the retirement) would bring its
+        // entry and its metrics back for good.
+        if self.retired {
+            return;
+        }
         self.shared.status.do_send(Report(self.report.clone()));
     }
 
@@ -1064,6 +1073,7 @@ impl Handler<Retire> for SnapshotActor {
 
     fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
         info!(self.logger, "server removed from the fleet, stopping");
+        self.retired = true;
         self.life.retire();
         ctx.stop();
     }
