@@ -106,12 +106,7 @@ pub(crate) async fn on_remote<T>(
     what: &'static str,
     fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<Result<T, tokio_postgres::Error>, SnapshotError> {
-    tokio::time::timeout(limit, fut)
-        .await
-        .map_err(|_| SnapshotError::RemoteSilent {
-            what,
-            secs: limit.as_secs(),
-        })
+    remote_within(limit, what, fut).await
 }
 
 pub(crate) fn repo(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SnapshotError {
@@ -324,7 +319,8 @@ async fn send_now<F: Future>(fut: Pin<&mut MaybeDone<F>>) {
     let _ = futures_util::poll!(fut);
 }
 
-/// `fut`, unless the remote stays silent for `limit`.
+/// `fut`, unless the remote stays silent for `limit` (any step, not only
+/// one statement's: [`on_remote`] is this for one statement).
 async fn remote_within<T>(
     limit: Duration,
     what: &'static str,
